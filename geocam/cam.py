@@ -1,0 +1,353 @@
+"""The core engine: Grad-CAM and its variants for a class score summed over a pixel region.
+
+The score of class ``c`` over region ``M`` is ``sum_p M(p) * logit_c(p)`` (Seg-Grad-CAM); the
+gradient of that score with respect to a target layer's activations ``A`` gives the maps.
+
+The lean path: parameters are frozen for the duration of the call and only the hooked
+activation requires grad, so autograd records nothing upstream of the target layer and never
+computes a weight gradient. Everything stays in torch on the model's device. Maps are returned
+raw and signed at the layer's resolution; the ReLU'd map is kept beside it, and upsampling is
+an explicit, separate step. Nothing is normalised per image, so maps of different tiles and
+scenes stay comparable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal, TypeAlias, get_args
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geocam._guard import explanation_mode
+from geocam.errors import GeocamError
+from geocam.layers import resolve_layer
+from geocam.regions import Activation, Region, class_probabilities, region_weights, select_classes
+
+Method: TypeAlias = Literal["gradcam", "hirescam", "gradcam++", "layercam"]
+METHODS: tuple[Method, ...] = get_args(Method)
+Classes: TypeAlias = int | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
+"""One class, several classes shared by every image, or a ``(B, K)`` table, one row per image."""
+
+_GRADCAM_PP_EPS = 1e-7  # the same guard against 0/0 as pytorch-grad-cam's Grad-CAM++
+
+
+@dataclass(frozen=True)
+class CamOptions:
+    """How the engine scores, differentiates and runs; the defaults suit most networks.
+
+    - ``score``: sum class logits (Seg-Grad-CAM) or class probabilities over the region.
+    - ``activation``: how logits become probabilities (``auto``: sigmoid for one channel).
+    - ``threshold``: ``predicted`` region = probability above it, instead of the argmax.
+    - ``backward``: for several classes, one vmapped backward (``batched``) or one backward
+      per class over the retained graph (``sequential``); ``auto`` takes ``sequential`` on the
+      CPU, where it measured faster, and ``batched`` on accelerators. Both share one forward.
+    - ``channels_last``: feed the network NHWC tensors (faster convolutions, same maps).
+    - ``autocast``: run the forward in this reduced precision (e.g. ``torch.bfloat16``);
+      maps are always computed in float32.
+    """
+
+    score: Literal["logits", "probabilities"] = "logits"
+    activation: Activation = "auto"
+    threshold: float | None = None
+    backward: Literal["auto", "batched", "sequential"] = "auto"
+    channels_last: bool = True
+    autocast: torch.dtype | None = None
+
+
+@dataclass(frozen=True)
+class LayerGradients:
+    """What one forward and backward pass yields, before any map is formed.
+
+    ``activations`` ``(B, C, h, w)``, ``gradients`` ``(B, K, C, h, w)`` of each requested
+    class's region score, ``scores`` and ``region_pixels`` ``(B, K)`` (the score's value and the
+    summed region weights), ``output`` the network's output, all detached, float32.
+    """
+
+    activations: torch.Tensor
+    gradients: torch.Tensor
+    scores: torch.Tensor
+    region_pixels: torch.Tensor
+    classes: torch.Tensor
+    output: torch.Tensor
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """Class activation maps ``(B, K, h, w)``: ``signed`` (before the ReLU: evidence for and
+    against the class) and ``positive`` (after it: the usual heatmap), raw, never normalised.
+    """
+
+    signed: torch.Tensor
+    positive: torch.Tensor
+    classes: torch.Tensor
+    scores: torch.Tensor
+    region_pixels: torch.Tensor
+    layer: str
+    method: Method
+
+    def upsample(self, size: tuple[int, int]) -> CamResult:
+        """Both maps resized bilinearly to ``size`` (e.g. the input's), as a new result."""
+        return replace(self, signed=upsample(self.signed, size), positive=upsample(self.positive, size))
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``(B, K, h, w)`` maps with pixel-centre alignment."""
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def explain(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    classes: Classes,
+    layer: str,
+    *,
+    method: Method = "gradcam",
+    region: Region = "predicted",
+    valid: torch.Tensor | np.ndarray | None = None,
+    options: CamOptions | None = None,
+) -> CamResult:
+    """Class activation maps of ``classes`` over ``region`` at ``layer`` for a batch of images.
+
+    ``images`` are ``(B, C, H, W)`` (or ``(C, H, W)``), already normalised for the network;
+    ``valid`` (True where there is data) keeps nodata pixels out of every region. All requested
+    classes share one forward pass. The model is returned exactly as it was given.
+    """
+    if method not in METHODS:
+        raise GeocamError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    grads = layer_gradients(
+        model, images, classes, layer, region=region, valid=valid, options=options
+    )
+    signed = combine(method, grads.activations, grads.gradients)
+    return CamResult(
+        signed=signed,
+        positive=torch.relu(signed),
+        classes=grads.classes,
+        scores=grads.scores,
+        region_pixels=grads.region_pixels,
+        layer=layer,
+        method=method,
+    )
+
+
+def channel_weights(
+    method: Method, activations: torch.Tensor, gradients: torch.Tensor
+) -> torch.Tensor | None:
+    """Per-channel weights ``(B, K, C)`` of the global methods; None for the local ones.
+
+    Grad-CAM: the spatial mean of the gradients. Grad-CAM++: the positive gradients weighted
+    by its closed-form alpha (Chattopadhay et al. 2018, as in pytorch-grad-cam).
+    """
+    if method == "gradcam":
+        return gradients.mean(dim=(-2, -1))
+    if method == "gradcam++":
+        squared = gradients.pow(2)
+        activation_sums = activations.sum(dim=(-2, -1))[:, None, :, None, None]
+        alpha = squared / (2 * squared + activation_sums * gradients.pow(3) + _GRADCAM_PP_EPS)
+        alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+        return (torch.relu(gradients) * alpha).sum(dim=(-2, -1))
+    return None
+
+
+def combine(
+    method: Method,
+    activations: torch.Tensor,
+    gradients: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The signed map ``(B, K, h, w)`` of ``method``.
+
+    Global methods use ``weights`` ``(B, K, C)`` when given (e.g. accumulated over a whole
+    scene) instead of the weights of these activations alone. HiResCAM is
+    ``sum_c G_c * A_c``, LayerCAM ``sum_c relu(G_c) * A_c``: both local, element-wise.
+    """
+    if method in ("gradcam", "gradcam++"):
+        if weights is None:
+            weights = channel_weights(method, activations, gradients)
+        return torch.einsum("bkc,bchw->bkhw", weights, activations)
+    if method == "hirescam":
+        return torch.einsum("bkchw,bchw->bkhw", gradients, activations)
+    if method == "layercam":
+        return torch.einsum("bkchw,bchw->bkhw", torch.relu(gradients), activations)
+    raise GeocamError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def layer_gradients(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    classes: Classes,
+    layer: str,
+    *,
+    region: Region = "predicted",
+    valid: torch.Tensor | np.ndarray | None = None,
+    options: CamOptions | None = None,
+) -> LayerGradients:
+    """One shared forward and the region-score gradients of every requested class at ``layer``.
+
+    The building block of :func:`explain`; the scene engine uses it to accumulate channel
+    weights over a whole scene before forming maps.
+    """
+    opts = options or CamOptions()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    batch = _as_images(images, device)
+    table = class_table(classes, batch.shape[0], device)
+    if opts.channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    target = resolve_layer(model, layer)
+    captured: list[torch.Tensor] = []
+
+    def capture(_: nn.Module, __: object, output: object) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
+            raise GeocamError(
+                f"layer {layer!r} outputs {kind}, not a (B, C, H, W) feature map; "
+                "choose a convolutional layer (see geocam.list_layers)"
+            )
+        if captured:
+            raise GeocamError(
+                f"layer {layer!r} runs more than once per forward pass; choose a layer that runs once"
+            )
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf.clone()  # downstream in-place ops must not alter the captured activation
+
+    handle = target.register_forward_hook(capture)
+    try:
+        with explanation_mode(model), torch.enable_grad(), _autocast(device, opts.autocast):
+            output = _main_output(model(batch))
+            if not captured:
+                raise GeocamError(f"layer {layer!r} did not run in the forward pass")
+            activations = captured[0]
+            output = output.float()
+            _check_classes(table, output)
+            scores, pixels = _region_scores(output, table, region, valid, opts)
+            gradients = _score_gradients(scores, activations, opts, layer)
+    finally:
+        handle.remove()
+    return LayerGradients(
+        activations=activations.detach().float(),
+        gradients=gradients.float(),
+        scores=scores.detach(),
+        region_pixels=pixels,
+        classes=table,
+        output=output.detach(),
+    )
+
+
+def class_table(classes: Classes, batch: int, device: torch.device) -> torch.Tensor:
+    """Requested classes as a ``(B, K)`` index table; a per-image table must match the batch."""
+    table = torch.as_tensor(classes, dtype=torch.long, device=device)
+    if table.ndim == 0:
+        table = table.view(1)
+    if table.ndim == 1:
+        if table.numel() == 0:
+            raise GeocamError("classes: request at least one class")
+        return table.expand(batch, -1)
+    if table.ndim != 2 or table.shape[0] != batch:
+        raise GeocamError(
+            f"classes give targets for {table.shape[0]} images but the batch has {batch}; "
+            "give one row of classes per image, or a flat list shared by all"
+        )
+    return table
+
+
+def _as_images(images: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    batch = torch.as_tensor(images).to(device=device, dtype=torch.float32).detach()
+    if batch.ndim == 3:
+        batch = batch[None]
+    if batch.ndim != 4:
+        raise GeocamError(
+            f"images have shape {tuple(batch.shape)}; expected (B, C, H, W) or (C, H, W)"
+        )
+    return batch
+
+
+def _main_output(output: object) -> torch.Tensor:
+    """The logits of networks returning a tensor, a tuple (smp with aux head) or {'out': ...}."""
+    if isinstance(output, dict) and "out" in output:
+        output = output["out"]
+    elif isinstance(output, tuple | list) and output:
+        output = output[0]
+    if not isinstance(output, torch.Tensor) or output.ndim not in (2, 4):
+        kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise GeocamError(
+            f"the network's output is {kind}; expected logits (B, C, H, W) or (B, C)"
+        )
+    return output
+
+
+def _check_classes(table: torch.Tensor, output: torch.Tensor) -> None:
+    channels = output.shape[1]
+    if int(table.min()) < 0 or int(table.max()) >= channels:
+        raise GeocamError(
+            f"class index {int(table.max()) if int(table.max()) >= channels else int(table.min())}"
+            f" does not exist: the network outputs {channels} classes (0..{channels - 1})"
+        )
+
+
+def _region_scores(
+    output: torch.Tensor,
+    table: torch.Tensor,
+    region: Region,
+    valid: torch.Tensor | np.ndarray | None,
+    opts: CamOptions,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Region-summed class scores ``(B, K)`` (in the graph) and the summed region weights."""
+    if opts.score == "probabilities":
+        values = class_probabilities(output, table, opts.activation)
+    else:
+        values = select_classes(output, table)
+    if output.ndim == 2:  # a classifier: the score is the class's own logit
+        if not (isinstance(region, str) and region in ("predicted", "all")):
+            raise GeocamError("a classification network has no pixels: region must be 'all'")
+        return values, torch.ones_like(values)
+    weights = region_weights(
+        region, output, table, valid=valid, activation=opts.activation, threshold=opts.threshold
+    )
+    weighted = torch.where(weights != 0, weights * values, torch.zeros_like(values))
+    return weighted.sum(dim=(-2, -1)), weights.sum(dim=(-2, -1))
+
+
+def _score_gradients(
+    scores: torch.Tensor, activations: torch.Tensor, opts: CamOptions, layer: str
+) -> torch.Tensor:
+    """Gradients ``(B, K, C, h, w)`` of each class's scores; images are independent in eval mode."""
+    count = scores.shape[1]
+    strategy = opts.backward
+    if strategy == "auto":
+        strategy = "sequential" if activations.device.type == "cpu" else "batched"
+    try:
+        if count == 1:
+            (grad,) = torch.autograd.grad(scores.sum(), activations)
+            return grad[:, None]
+        if strategy == "batched":
+            basis = torch.eye(count, dtype=scores.dtype, device=scores.device)
+            grad_outputs = basis[:, None, :].expand(count, scores.shape[0], count)
+            (grads,) = torch.autograd.grad(
+                scores, activations, grad_outputs=grad_outputs, is_grads_batched=True
+            )
+            return grads.movedim(0, 1)
+        return torch.stack(
+            [
+                torch.autograd.grad(scores[:, k].sum(), activations, retain_graph=k < count - 1)[0]
+                for k in range(count)
+            ],
+            dim=1,
+        )
+    except RuntimeError as exc:
+        if "does not require grad" in str(exc) or "not have been used" in str(exc):
+            raise GeocamError(
+                f"the output does not depend on layer {layer!r}; choose a layer on the path "
+                "to the output"
+            ) from None
+        raise
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[None]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
