@@ -33,7 +33,7 @@ METHODS: tuple[Method, ...] = get_args(Method)
 Classes: TypeAlias = int | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 """One class, several classes shared by every image, or a ``(B, K)`` table, one row per image."""
 
-_GRADCAM_PP_EPS = 1e-7  # the same guard against 0/0 as pytorch-grad-cam's Grad-CAM++
+_GRADCAM_PP_EPS = 1e-6  # the same guard against 0/0 as pytorch-grad-cam 1.5.7
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ class LayerGradients:
 
     ``activations`` ``(B, C, h, w)``, ``gradients`` ``(B, K, C, h, w)`` of each requested
     class's region score, ``scores`` and ``region_pixels`` ``(B, K)`` (the score's value and the
-    summed region weights), ``output`` the network's output, all detached, float32.
+    summed region weights), ``output`` the network's output, all detached, in the model's
+    precision (float32, or float64 for a float64 model; never less than float32).
     """
 
     activations: torch.Tensor
@@ -78,8 +79,10 @@ class LayerGradients:
 
 @dataclass(frozen=True)
 class CamResult:
-    """Class activation maps ``(B, K, h, w)``: ``signed`` (before the ReLU: evidence for and
-    against the class) and ``positive`` (after it: the usual heatmap), raw, never normalised.
+    """Class activation maps ``(B, K, h, w)``, raw and never normalised.
+
+    ``signed`` is the map before the ReLU (evidence for and against the class), ``positive``
+    the map after it (the usual heatmap).
     """
 
     signed: torch.Tensor
@@ -92,7 +95,9 @@ class CamResult:
 
     def upsample(self, size: tuple[int, int]) -> CamResult:
         """Both maps resized bilinearly to ``size`` (e.g. the input's), as a new result."""
-        return replace(self, signed=upsample(self.signed, size), positive=upsample(self.positive, size))
+        return replace(
+            self, signed=upsample(self.signed, size), positive=upsample(self.positive, size)
+        )
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -192,8 +197,10 @@ def layer_gradients(
     weights over a whole scene before forming maps.
     """
     opts = options or CamOptions()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    batch = _as_images(images, device)
+    param = next(model.parameters(), None)
+    device = torch.device("cpu") if param is None else param.device
+    dtype = torch.float64 if param is not None and param.dtype == torch.float64 else torch.float32
+    batch = _as_images(images, device, dtype)
     table = class_table(classes, batch.shape[0], device)
     if opts.channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
@@ -209,7 +216,8 @@ def layer_gradients(
             )
         if captured:
             raise GeocamError(
-                f"layer {layer!r} runs more than once per forward pass; choose a layer that runs once"
+                f"layer {layer!r} runs more than once per forward pass; "
+                "choose a layer that runs once"
             )
         leaf = output.detach().requires_grad_(True)
         captured.append(leaf)
@@ -222,15 +230,15 @@ def layer_gradients(
             if not captured:
                 raise GeocamError(f"layer {layer!r} did not run in the forward pass")
             activations = captured[0]
-            output = output.float()
+            output = output.to(dtype)
             _check_classes(table, output)
             scores, pixels = _region_scores(output, table, region, valid, opts)
             gradients = _score_gradients(scores, activations, opts, layer)
     finally:
         handle.remove()
     return LayerGradients(
-        activations=activations.detach().float(),
-        gradients=gradients.float(),
+        activations=activations.detach().to(dtype),
+        gradients=gradients.to(dtype),
         scores=scores.detach(),
         region_pixels=pixels,
         classes=table,
@@ -255,8 +263,10 @@ def class_table(classes: Classes, batch: int, device: torch.device) -> torch.Ten
     return table
 
 
-def _as_images(images: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
-    batch = torch.as_tensor(images).to(device=device, dtype=torch.float32).detach()
+def _as_images(
+    images: torch.Tensor | np.ndarray, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    batch = torch.as_tensor(images).to(device=device, dtype=dtype).detach()
     if batch.ndim == 3:
         batch = batch[None]
     if batch.ndim != 4:
@@ -274,9 +284,7 @@ def _main_output(output: object) -> torch.Tensor:
         output = output[0]
     if not isinstance(output, torch.Tensor) or output.ndim not in (2, 4):
         kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise GeocamError(
-            f"the network's output is {kind}; expected logits (B, C, H, W) or (B, C)"
-        )
+        raise GeocamError(f"the network's output is {kind}; expected logits (B, C, H, W) or (B, C)")
     return output
 
 
@@ -347,7 +355,9 @@ def _score_gradients(
         raise
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[None]:
+def _autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[None]:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

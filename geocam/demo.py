@@ -44,8 +44,12 @@ def main(data_dir: Path = Path("../shared/data")) -> None:
     assert spec.normalisation is not None
     images = spec.normalisation.apply(torch.from_numpy(pixels))[None]
     layer = default_layer(model, spec.in_channels)
-    result = explain(model, images, list(range(len(CLASSES))), layer, valid=torch.from_numpy(valid)[None])
-    print(f"{path}: window {window.width} x {window.height} at ({window.col_off}, {window.row_off})")
+    result = explain(
+        model, images, list(range(len(CLASSES))), layer, valid=torch.from_numpy(valid)[None]
+    )
+    print(
+        f"{path}: window {window.width} x {window.height} at ({window.col_off}, {window.row_off})"
+    )
     print(f"layer {layer}, map {tuple(result.signed.shape[-2:])}, random weights (seed 0)\n")
     print(f"{'class':<12} {'region px':>9} {'score':>12} {'cam max':>9} {'against':>9}")
     for k, name in enumerate(CLASSES):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -67,42 +68,48 @@ def list_layers(model: nn.Module, in_channels: int | None = None) -> list[LayerI
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     last_error: Exception | None = None
     for size in _DRY_RUN_SIZES:
-        found: dict[str, LayerInfo] = {}
-
-        def record(name: str, module: nn.Module, size: int = size) -> None:
-            def hook(_: nn.Module, __: object, output: object) -> None:
-                if not isinstance(output, torch.Tensor) or output.ndim != 4:
-                    return
-                if name in found:
-                    found[name] = replace(found[name], calls=found[name].calls + 1)
-                    return
-                found[name] = LayerInfo(
-                    name=name,
-                    kind=type(module).__name__,
-                    channels=int(output.shape[1]),
-                    stride=_stride(size, int(output.shape[-2])),
-                    order=len(found),
-                )
-
-            handles.append(module.register_forward_hook(hook))
-
-        handles: list[torch.utils.hooks.RemovableHandle] = []
         try:
-            with explanation_mode(model), torch.no_grad():
-                for name, module in model.named_modules():
-                    if name:
-                        record(name, module)
-                model(torch.zeros(1, channels, size, size, device=device))
-            return list(found.values())
+            return _measure(model, torch.zeros(1, channels, size, size, device=device))
         except RuntimeError as exc:  # size not accepted by the network: try a larger one
             last_error = exc
-        finally:
-            for handle in handles:
-                handle.remove()
     raise GeocamError(
         f"the network rejected dummy inputs of {channels} x {_DRY_RUN_SIZES[-1]} pixels: "
         f"{last_error}"
     )
+
+
+def _measure(model: nn.Module, dummy: torch.Tensor) -> list[LayerInfo]:
+    found: dict[str, LayerInfo] = {}
+
+    def recorder(name: str, module: nn.Module) -> Callable[..., None]:
+        def hook(_: nn.Module, __: object, output: object) -> None:
+            if not isinstance(output, torch.Tensor) or output.ndim != 4:
+                return
+            if name in found:
+                found[name] = replace(found[name], calls=found[name].calls + 1)
+                return
+            found[name] = LayerInfo(
+                name=name,
+                kind=type(module).__name__,
+                channels=int(output.shape[1]),
+                stride=_stride(dummy.shape[-2], int(output.shape[-2])),
+                order=len(found),
+            )
+
+        return hook
+
+    handles = [
+        module.register_forward_hook(recorder(name, module))
+        for name, module in model.named_modules()
+        if name
+    ]
+    try:
+        with explanation_mode(model), torch.no_grad():
+            model(dummy)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(found.values())
 
 
 def default_layer(model: nn.Module, in_channels: int | None = None) -> str:

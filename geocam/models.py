@@ -50,13 +50,12 @@ class Normalisation:
     def mean_std(cls, mean: Sequence[float], std: Sequence[float]) -> Normalisation:
         """The ``(x - mean) / std`` normalisation."""
         if len(mean) != len(std):
-            raise GeocamError(
-                f"normalisation: mean has {len(mean)} values but std has {len(std)}"
-            )
+            raise GeocamError(f"normalisation: mean has {len(mean)} values but std has {len(std)}")
         if any(s == 0 for s in std):
             raise GeocamError("normalisation: a std of 0 divides by zero; use a positive std")
         return cls(
-            scale=tuple(1.0 / s for s in std), offset=tuple(-m / s for m, s in zip(mean, std))
+            scale=tuple(1.0 / s for s in std),
+            offset=tuple(-m / s for m, s in zip(mean, std, strict=True)),
         )
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
@@ -207,13 +206,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise GeocamError(f"checkpoint {path} is not a valid safetensors file: {exc}") from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # not a pickled object reference: garbage
+            raise GeocamError(f"checkpoint {path} cannot be read as a torch file") from None
         raise GeocamError(
             f"checkpoint {path} holds Python objects, not only tensors; refused (loading it could "
             "run code). Save model.state_dict() or use safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
-        raise GeocamError(f"checkpoint {path} cannot be read as a torch file: {exc}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GeocamError(f"checkpoint {path} cannot be read as a torch file: {reason}") from None
     if isinstance(data, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(data.get(key), dict):

@@ -70,7 +70,7 @@ def region_weights(
     output: torch.Tensor,
     classes: torch.Tensor,
     *,
-    valid: torch.Tensor | None = None,
+    valid: torch.Tensor | np.ndarray | None = None,
     activation: Activation = "auto",
     threshold: float | None = None,
 ) -> torch.Tensor:

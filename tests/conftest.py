@@ -1,0 +1,106 @@
+"""Shared fixtures: hand-weighted tiny networks, small smp networks, the shared real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real rasters in ../shared/data; tests that need them skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+class LinearSegNet(nn.Module):
+    """Two 1x1 convolutions with hand-set weights: every gradient can be worked out by hand.
+
+    feat: A0 = x0, A1 = x0 - x1.  head: logit0 = A0 + 2 A1, logit1 = -A0 + A1.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feat = nn.Conv2d(2, 2, 1, bias=False)
+        self.head = nn.Conv2d(2, 2, 1, bias=False)
+        with torch.no_grad():
+            self.feat.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, -1.0]]).view(2, 2, 1, 1))
+            self.head.weight.copy_(torch.tensor([[1.0, 2.0], [-1.0, 1.0]]).view(2, 2, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.feat(x))
+
+
+class PoolSegNet(nn.Module):
+    """A half-resolution feature layer: 2x2 average pool, nearest upsampling, 1x1 head.
+
+    logit0 = 2 * up(A) + 0.5, logit1 = -up(A).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(2)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.head = nn.Conv2d(1, 2, 1)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([2.0, -1.0]).view(2, 1, 1, 1))
+            self.head.bias.copy_(torch.tensor([0.5, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.up(self.pool(x)))
+
+
+class TinyClassifier(nn.Module):
+    """1x1 conv (the target), global average pool, linear: logits (B, 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feat = nn.Conv2d(2, 2, 1, bias=False)
+        self.fc = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.feat.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, -1.0]]).view(2, 2, 1, 1))
+            self.fc.weight.copy_(torch.tensor([[1.0, -1.0], [0.5, 2.0]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.feat(x).mean(dim=(-2, -1)))
+
+
+# x0 = [[1, 2], [3, 4]], x1 = [[0, 1], [1, 0]]  ->  A0 = [[1, 2], [3, 4]], A1 = [[1, 1], [2, 4]]
+LINEAR_INPUT = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [1.0, 0.0]]]])
+
+
+@pytest.fixture
+def linear_net() -> LinearSegNet:
+    return LinearSegNet().eval()
+
+
+@pytest.fixture
+def pool_net() -> PoolSegNet:
+    return PoolSegNet().eval()
+
+
+def make_smp(
+    arch: str = "Unet", encoder: str = "resnet18", classes: int = 3, seed: int = 0
+) -> nn.Module:
+    """A small smp network with seeded random weights (nothing downloaded)."""
+    torch.manual_seed(seed)
+    return smp.create_model(
+        arch, encoder_name=encoder, encoder_weights=None, in_channels=4, classes=classes
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def unet() -> nn.Module:
+    return make_smp()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.rand(2, 4, 64, 64, generator=torch.Generator().manual_seed(1))
