@@ -2,7 +2,8 @@
 
 Every ratio is measured side by side in one process: each competitor is warmed up once, then
 the competitors run interleaved (A, B, C, A, B, C, ...) for ``--repeats`` rounds, so drift in
-the machine's load affects all of them alike, and the median time of each is reported.
+the machine's load affects all of them alike. Times are medians over the rounds; a ratio is the
+median of the per-round ratios, which cancels drift that a ratio of medians would keep.
 
     python benchmarks/run.py                 # every group
     python benchmarks/run.py core --quick    # one group on small tiles (a smoke test)
@@ -97,8 +98,24 @@ def register(name: str) -> Callable[[GroupFn], GroupFn]:
 # --- timing ---------------------------------------------------------------------------------
 
 
-def measure(competitors: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each callable: one warm-up each, then ``repeats`` interleaved rounds."""
+@dataclass(frozen=True)
+class Timings:
+    """Seconds per round of each competitor, measured interleaved."""
+
+    rounds: dict[str, list[float]]
+
+    def __getitem__(self, name: str) -> float:
+        """Median seconds of ``name``."""
+        return statistics.median(self.rounds[name])
+
+    def ratio(self, numerator: str, denominator: str) -> float:
+        """Median over the rounds of ``numerator / denominator`` (same round, same load)."""
+        pairs = zip(self.rounds[numerator], self.rounds[denominator], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
+
+def measure(competitors: dict[str, Callable[[], object]], repeats: int) -> Timings:
+    """Time each callable: one warm-up each, then ``repeats`` interleaved rounds."""
     for name, fn in competitors.items():
         log(f"  warm-up {name}")
         fn()
@@ -111,7 +128,7 @@ def measure(competitors: dict[str, Callable[[], object]], repeats: int) -> dict[
             times[name].append(time.perf_counter() - start)
         summary = ", ".join(f"{name} {t[-1]:.2f} s" for name, t in times.items())
         log(f"  round {round_ + 1}/{repeats}: {summary}")
-    return {name: statistics.median(t) for name, t in times.items()}
+    return Timings(times)
 
 
 def log(message: str) -> None:
@@ -158,7 +175,8 @@ def header(settings: Settings, groups: Sequence[str]) -> list[str]:
         f"- platform: {platform.platform()}",
         f"- packages: {packages}",
         f"- tiles {b} x {c} x {h} x {w} (torch.rand, seed 0){quick}"
-        f"; times are the median of {settings.repeats} interleaved rounds after one warm-up",
+        f"; {settings.repeats} interleaved rounds after one warm-up: median times, "
+        "median per-round ratios",
     ]
     for name in groups:
         doc = (GROUPS[name].__doc__ or "").strip().splitlines()
@@ -307,39 +325,39 @@ def core(settings: Settings) -> list[Row]:
         Row("Grad-CAM, class 1: Captum LayerGradCam (layer resolution)", t1["captum"], "s"),
         Row(
             "speed-up of geocam over pytorch-grad-cam",
-            t1["pytorch-grad-cam"] / t1["geocam"],
+            t1.ratio("pytorch-grad-cam", "geocam"),
             "x",
             Target(">=", 1.5),
         ),
-        Row("speed-up of geocam over Captum", t1["captum"] / t1["geocam"], "x"),
+        Row("speed-up of geocam over Captum", t1.ratio("captum", "geocam"), "x"),
         Row("forward pass, inference_mode, NCHW", t2["forward"], "s"),
         Row("forward pass, inference_mode, channels-last", t2["forward channels-last"], "s"),
         Row("geocam, class 1 (explain only)", t2["geocam"], "s"),
         Row(
             "geocam one class / NCHW forward",
-            t2["geocam"] / t2["forward"],
+            t2.ratio("geocam", "forward"),
             "x",
             Target("<=", 1.8),
         ),
         Row(
             "geocam one class / channels-last forward",
-            t2["geocam"] / t2["forward channels-last"],
+            t2.ratio("geocam", "forward channels-last"),
             "x",
         ),
         Row("geocam, 5 classes in one call (default options)", t3["one call"], "s"),
         Row("geocam, 5 one-class calls", t3["five calls"], "s"),
         Row(
             "5 classes in one call / 5 one-class calls",
-            t3["one call"] / t3["five calls"],
+            t3.ratio("one call", "five calls"),
             "x",
             Target("<=", 0.65),
         ),
         Row('geocam, 5 classes, backward="batched"', t3["batched"], "s"),
-        Row('backward="batched" / 5 one-class calls', t3["batched"] / t3["five calls"], "x"),
+        Row('backward="batched" / 5 one-class calls', t3.ratio("batched", "five calls"), "x"),
         Row('geocam, 5 classes, backward="sequential"', t3["sequential"], "s"),
         Row(
             'backward="sequential" / 5 one-class calls',
-            t3["sequential"] / t3["five calls"],
+            t3.ratio("sequential", "five calls"),
             "x",
         ),
         Row(

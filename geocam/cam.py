@@ -14,7 +14,7 @@ scenes stay comparable.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias, get_args
 
@@ -140,19 +140,26 @@ def explain(
 
 
 def channel_weights(
-    method: Method, activations: torch.Tensor, gradients: torch.Tensor
+    method: Method,
+    activations: torch.Tensor,
+    gradients: torch.Tensor,
+    activation_sums: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Per-channel weights ``(B, K, C)`` of the global methods; None for the local ones.
 
     Grad-CAM: the spatial mean of the gradients. Grad-CAM++: the positive gradients weighted
-    by its closed-form alpha (Chattopadhay et al. 2018, as in pytorch-grad-cam).
+    by its closed-form alpha (Chattopadhay et al. 2018, as in pytorch-grad-cam), whose
+    per-channel activation sums ``(B, C)`` can be given (a whole scene's) instead of taken
+    from these activations.
     """
     if method == "gradcam":
         return gradients.mean(dim=(-2, -1))
     if method == "gradcam++":
+        sums = activations.sum(dim=(-2, -1)) if activation_sums is None else activation_sums
         squared = gradients.pow(2)
-        activation_sums = activations.sum(dim=(-2, -1))[:, None, :, None, None]
-        alpha = squared / (2 * squared + activation_sums * gradients.pow(3) + _GRADCAM_PP_EPS)
+        alpha = squared / (
+            2 * squared + sums[:, None, :, None, None] * gradients.pow(3) + _GRADCAM_PP_EPS
+        )
         alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
         return (torch.relu(gradients) * alpha).sum(dim=(-2, -1))
     return None
@@ -161,7 +168,7 @@ def channel_weights(
 def combine(
     method: Method,
     activations: torch.Tensor,
-    gradients: torch.Tensor,
+    gradients: torch.Tensor | None,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The signed map ``(B, K, h, w)`` of ``method``.
@@ -170,9 +177,13 @@ def combine(
     scene) instead of the weights of these activations alone. HiResCAM is
     ``sum_c G_c * A_c``, LayerCAM ``sum_c relu(G_c) * A_c``: both local, element-wise.
     """
+    if method in ("gradcam", "gradcam++") and weights is not None:
+        return torch.einsum("bkc,bchw->bkhw", weights, activations)
+    if gradients is None:
+        raise ValueError(f"{method} needs gradients, or channel weights for a global method")
     if method in ("gradcam", "gradcam++"):
-        if weights is None:
-            weights = channel_weights(method, activations, gradients)
+        weights = channel_weights(method, activations, gradients)
+        assert weights is not None
         return torch.einsum("bkc,bchw->bkhw", weights, activations)
     if method == "hirescam":
         return torch.einsum("bkchw,bchw->bkhw", gradients, activations)
@@ -197,17 +208,59 @@ def layer_gradients(
     weights over a whole scene before forming maps.
     """
     opts = options or CamOptions()
+    with _forward(model, images, layer, opts, track=True) as (batch, activations, output):
+        table = class_table(classes, batch.shape[0], batch.device)
+        _check_classes(table, output)
+        scores, pixels = _region_scores(output, table, region, valid, opts)
+        gradients = _score_gradients(scores, activations, opts, layer)
+    return LayerGradients(
+        activations=activations.detach().to(output.dtype),
+        gradients=gradients.to(output.dtype),
+        scores=scores.detach(),
+        region_pixels=pixels,
+        classes=table,
+        output=output.detach(),
+    )
+
+
+def layer_activations(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    layer: str,
+    options: CamOptions | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target layer's activations and the network's output, from a forward pass alone.
+
+    What the second pass of a scene needs when activations were not kept from the first.
+    """
+    with _forward(model, images, layer, options or CamOptions(), track=False) as (_, acts, out):
+        return acts.detach().to(out.dtype), out.detach()
+
+
+@contextlib.contextmanager
+def _forward(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    layer: str,
+    opts: CamOptions,
+    *,
+    track: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Run the network in explanation mode with the target layer's output captured.
+
+    Yields the input batch, the captured activations as computed (a leaf that requires grad
+    when ``track``) and the main output in the model's precision (at least float32).
+    """
     param = next(model.parameters(), None)
     device = torch.device("cpu") if param is None else param.device
     dtype = torch.float64 if param is not None and param.dtype == torch.float64 else torch.float32
     batch = _as_images(images, device, dtype)
-    table = class_table(classes, batch.shape[0], device)
     if opts.channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
     target = resolve_layer(model, layer)
     captured: list[torch.Tensor] = []
 
-    def capture(_: nn.Module, __: object, output: object) -> torch.Tensor:
+    def capture(_: nn.Module, __: object, output: object) -> torch.Tensor | None:
         if not isinstance(output, torch.Tensor) or output.ndim != 4:
             kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
             raise GeocamError(
@@ -219,31 +272,23 @@ def layer_gradients(
                 f"layer {layer!r} runs more than once per forward pass; "
                 "choose a layer that runs once"
             )
+        if not track:
+            captured.append(output)
+            return None
         leaf = output.detach().requires_grad_(True)
         captured.append(leaf)
         return leaf.clone()  # downstream in-place ops must not alter the captured activation
 
     handle = target.register_forward_hook(capture)
+    grad_mode = torch.enable_grad() if track else torch.no_grad()
     try:
-        with explanation_mode(model), torch.enable_grad(), _autocast(device, opts.autocast):
+        with explanation_mode(model), grad_mode, _autocast(device, opts.autocast):
             output = _main_output(model(batch))
             if not captured:
                 raise GeocamError(f"layer {layer!r} did not run in the forward pass")
-            activations = captured[0]
-            output = output.to(dtype)
-            _check_classes(table, output)
-            scores, pixels = _region_scores(output, table, region, valid, opts)
-            gradients = _score_gradients(scores, activations, opts, layer)
+            yield batch, captured[0], output.to(dtype)
     finally:
         handle.remove()
-    return LayerGradients(
-        activations=activations.detach().to(dtype),
-        gradients=gradients.to(dtype),
-        scores=scores.detach(),
-        region_pixels=pixels,
-        classes=table,
-        output=output.detach(),
-    )
 
 
 def class_table(classes: Classes, batch: int, device: torch.device) -> torch.Tensor:

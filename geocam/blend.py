@@ -1,0 +1,108 @@
+"""Stitching tiles without seams in memory bounded by the scene's width, not its area.
+
+Weighted tile values and their weights are summed in a rolling band of rows; rows that no later
+tile can touch are divided out and handed to a sink in whole strips, top to bottom. A product
+can be accumulated at a coarser grid (``scale`` source pixels per cell, e.g. the feature map's
+stride): each cell then receives the weighted mean of the valid source pixels it covers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from rasterio.windows import Window
+
+from geocam.output import BLOCK, StripSink
+
+Finish = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""Turns summed values ``(bands, rows, width)`` and weights ``(rows, width)`` into output."""
+
+
+def weighted_mean(sums: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Values divided by their weights; NaN where nothing valid was accumulated."""
+    out = np.full(sums.shape, np.nan, dtype=np.float32)
+    covered = weights > 1e-6
+    np.divide(sums, weights, out=out, where=np.broadcast_to(covered, sums.shape))
+    return out
+
+
+class BandAccumulator:
+    """A rolling band of ``(bands, rows, width)`` sums plus weights, flushed in strips.
+
+    Tiles must arrive in row-major order of their row offsets (the order of
+    :meth:`TileLayout.windows`): then every row above the next tile's first row is final.
+    """
+
+    def __init__(
+        self,
+        bands: int,
+        height: int,
+        width: int,
+        tile_rows: int,
+        sink: StripSink,
+        *,
+        scale: int = 1,
+        finish: Finish = weighted_mean,
+        strip: int = BLOCK,
+    ) -> None:
+        self.scale = scale
+        self.height = -(-height // scale)  # rows and columns of the (coarser) output grid
+        self.width = -(-width // scale)
+        self.sink = sink
+        self.finish = finish
+        self.strip = strip
+        self.capacity = strip + -(-tile_rows // scale) + 2
+        self.sums = np.zeros((bands, self.capacity, self.width), dtype=np.float32)
+        self.weights = np.zeros((self.capacity, self.width), dtype=np.float32)
+        self.start = 0  # output row held at index 0 of the band
+
+    def add(self, window: Window, values: np.ndarray, weights: np.ndarray) -> None:
+        """Add ``values`` ``(bands, h, w)`` with per-pixel ``weights`` ``(h, w)`` (0 = nodata)."""
+        row, col = int(window.row_off), int(window.col_off)
+        weighted = values * weights
+        if self.scale > 1:
+            weighted, weights, row, col = self._to_cells(weighted, weights, row, col)
+        top = row - self.start
+        if top < 0 or top + weights.shape[0] > self.capacity:
+            raise RuntimeError(
+                f"tile rows {row}..{row + weights.shape[0]} fall outside the band held in memory "
+                f"({self.start}..{self.start + self.capacity}): tiles out of order"
+            )
+        rows = slice(top, top + weights.shape[0])
+        cols = slice(col, col + weights.shape[1])
+        self.sums[:, rows, cols] += weighted
+        self.weights[rows, cols] += weights
+
+    def _to_cells(
+        self, weighted: np.ndarray, weights: np.ndarray, row: int, col: int
+    ) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """Sum source pixels into the coarse cells they fall in (windows need not be aligned)."""
+        s = self.scale
+        top, left = row % s, col % s
+        h, w = weights.shape
+        cells_h, cells_w = -(-(top + h) // s), -(-(left + w) // s)
+        padded_w = np.zeros((cells_h * s, cells_w * s), dtype=np.float32)
+        padded_w[top : top + h, left : left + w] = weights
+        padded_v = np.zeros((weighted.shape[0], cells_h * s, cells_w * s), dtype=np.float32)
+        padded_v[:, top : top + h, left : left + w] = weighted
+        cell_w = padded_w.reshape(cells_h, s, cells_w, s).sum(axis=(1, 3))
+        cell_v = padded_v.reshape(-1, cells_h, s, cells_w, s).sum(axis=(2, 4))
+        return cell_v, cell_w, row // s, col // s
+
+    def flush(self, final_row: int | None = None) -> None:
+        """Hand every complete strip above source row ``final_row`` (None: all rows) to the sink."""
+        limit = self.height if final_row is None else min(self.height, final_row // self.scale)
+        while self.start < self.height:
+            end = min(self.start + self.strip, self.height)
+            if end > limit:
+                return
+            self._emit(end - self.start)
+
+    def _emit(self, rows: int) -> None:
+        self.sink.write(self.start, self.finish(self.sums[:, :rows], self.weights[:rows]))
+        self.sums[:, :-rows] = self.sums[:, rows:]
+        self.sums[:, -rows:] = 0
+        self.weights[:-rows] = self.weights[rows:]
+        self.weights[-rows:] = 0
+        self.start += rows

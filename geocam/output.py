@@ -1,0 +1,184 @@
+"""Where results go: GeoTIFFs written in whole strips and renamed into place, or arrays.
+
+A GeoTIFF is written to ``NAME.partial`` beside the destination, in block-aligned strips, and
+renamed to ``NAME`` only when complete; a failed run removes the partial file, so nothing that
+could be mistaken for a result is ever left at the destination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from geocam.errors import GeocamError
+from geocam.sources import Grid
+
+BLOCK = 512
+PARTIAL_SUFFIX = ".partial"
+
+
+class StripSink(Protocol):
+    """Receives finished rows of a product, top to bottom."""
+
+    def write(self, row_start: int, data: np.ndarray) -> None:
+        """Store ``data`` ``(bands, rows, width)`` at rows ``row_start`` onwards."""
+        ...
+
+
+@dataclass
+class BandStats:
+    """Running statistics of one band: exact min, max, mean; percentiles from a regular sample."""
+
+    step: int
+    minimum: float = float("inf")
+    maximum: float = float("-inf")
+    total: float = 0.0
+    count: int = 0
+    sample: list[np.ndarray] = field(default_factory=list)
+
+    def update(self, values: np.ndarray) -> None:
+        """Add the finite values of a strip."""
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            return
+        self.minimum = min(self.minimum, float(finite.min()))
+        self.maximum = max(self.maximum, float(finite.max()))
+        self.total += float(finite.sum(dtype=np.float64))
+        self.count += int(finite.size)
+        self.sample.append(finite[:: self.step].copy())
+
+    def tags(self) -> dict[str, str]:
+        """GDAL-style statistics tags (``STATISTICS_*``) plus percentiles."""
+        if self.count == 0:
+            return {"STATISTICS_VALID_PERCENT": "0"}
+        sample = np.concatenate(self.sample)
+        p = np.percentile(sample, [1, 50, 95, 99]).tolist()
+        return {
+            "STATISTICS_MINIMUM": f"{self.minimum:.9g}",
+            "STATISTICS_MAXIMUM": f"{self.maximum:.9g}",
+            "STATISTICS_MEAN": f"{self.total / self.count:.9g}",
+            "GEOCAM_P1": f"{p[0]:.9g}",
+            "GEOCAM_P50": f"{p[1]:.9g}",
+            "GEOCAM_P95": f"{p[2]:.9g}",
+            "GEOCAM_P99": f"{p[3]:.9g}",
+        }
+
+
+@dataclass(frozen=True)
+class Band:
+    """Description and tags of one output band."""
+
+    description: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+def check_destination(path: Path, overwrite: bool) -> None:
+    """Refuse an existing output without ``overwrite`` and a folder that cannot take it."""
+    if path.exists() and not overwrite:
+        raise GeocamError(f"{path} exists; pass --overwrite to replace it")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise GeocamError(f"{folder}: output folder does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise GeocamError(f"{folder}: output folder is not writable; choose another --out")
+
+
+class GeoTiffWriter:
+    """A GeoTIFF written strip by strip to a partial file, renamed into place by :meth:`commit`.
+
+    float32 by default, tiled 512, ZSTD (or DEFLATE) with the floating-point predictor,
+    ``BIGTIFF=IF_SAFER``; per-band statistics are collected while writing and stored as tags.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        grid: Grid,
+        bands: Sequence[Band],
+        *,
+        tags: Mapping[str, str] | None = None,
+        dtype: str = "float32",
+        nodata: float = float("nan"),
+        compress: str = "zstd",
+        overwrite: bool = False,
+        colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+        statistics: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        check_destination(self.path, overwrite)
+        self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        floating = np.dtype(dtype).kind == "f"
+        profile = {
+            "driver": "GTiff",
+            "width": grid.width,
+            "height": grid.height,
+            "count": len(bands),
+            "dtype": dtype,
+            "crs": grid.crs,
+            "transform": grid.transform,
+            "nodata": nodata,
+            "tiled": True,
+            "blockxsize": BLOCK,
+            "blockysize": BLOCK,
+            "compress": compress,
+            "predictor": 3 if floating else 2,
+            "BIGTIFF": "IF_SAFER",
+        }
+        self._dataset = rasterio.open(self.partial, "w", **profile)
+        try:
+            for index, band in enumerate(bands, start=1):
+                self._dataset.set_band_description(index, band.description)
+                if band.tags:
+                    self._dataset.update_tags(index, **band.tags)
+            if tags:
+                self._dataset.update_tags(**tags)
+            if colormap is not None:
+                self._dataset.write_colormap(1, dict(colormap))
+        except BaseException:
+            self.abort()
+            raise
+        step = max(1, (grid.width * grid.height) // 1_000_000)
+        self.stats = [BandStats(step) for _ in bands] if statistics else []
+
+    def write(self, row_start: int, data: np.ndarray) -> None:
+        """Write whole rows; strips should start on 512-row block boundaries."""
+        window = Window(0, row_start, data.shape[2], data.shape[1])
+        self._dataset.write(data.astype(self._dataset.dtypes[0], copy=False), window=window)
+        for stats, band in zip(self.stats, data, strict=False):
+            stats.update(band)
+
+    def commit(self) -> Path:
+        """Store the statistics, close, and rename the partial file to the destination."""
+        for index, stats in enumerate(self.stats, start=1):
+            self._dataset.update_tags(index, **stats.tags())
+        self._dataset.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the partial file."""
+        if not self._dataset.closed:
+            self._dataset.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.partial.unlink()
+
+
+class ArraySink:
+    """Collects a product in memory (for the xarray interface)."""
+
+    def __init__(
+        self, bands: int, height: int, width: int, dtype: str = "float32", fill: float = np.nan
+    ) -> None:
+        self.data = np.full((bands, height, width), fill, dtype=dtype)
+
+    def write(self, row_start: int, data: np.ndarray) -> None:
+        """Store ``data`` at rows ``row_start`` onwards."""
+        self.data[:, row_start : row_start + data.shape[1]] = data

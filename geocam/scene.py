@@ -1,0 +1,580 @@
+"""The scene engine: explain a scene of any size, tile by tile, into georeferenced heatmaps.
+
+Tiles are read ahead in a background thread, batched through the network, blended with
+raised-cosine weights inside the overlaps, and streamed to the outputs in whole strips, so
+memory grows with the scene's width, not its area.
+
+Scene-consistent weights (the default for Grad-CAM and Grad-CAM++): the channel weights are
+those of the *whole* scene's region, not of each tile. Pass 1 scores, in every tile, only the
+region pixels of that tile's core (the cores partition the scene, so every region pixel counts
+once) and sums the gradients over all of the tile's feature cells; that sum is the gradient
+of the scene's score. Pass 2 forms every tile's map with those global weights, from
+activations kept from pass 1 when they fit the cache budget, else from a new forward pass.
+HiResCAM and LayerCAM are local and need one pass; ``weights="tile"`` keeps per-tile weights.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, TypeAlias, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rasterio.windows import Window
+from torch import nn
+from tqdm import tqdm
+
+from geocam.blend import BandAccumulator, weighted_mean
+from geocam.cam import (
+    CamOptions,
+    Method,
+    channel_weights,
+    combine,
+    layer_activations,
+    layer_gradients,
+)
+from geocam.device import BatchSizer, Precision, autocast_dtype, resolve_device, to_device
+from geocam.errors import GeocamError
+from geocam.layers import LayerInfo, default_layer, list_layers
+from geocam.models import ModelSpec
+from geocam.output import Band, StripSink
+from geocam.regions import Region
+from geocam.sources import Grid, TileSource, read_ahead
+from geocam.tiling import TileLayout, native_transform
+
+R = TypeVar("R")
+Weights: TypeAlias = Literal["scene", "tile"]
+Resolution: TypeAlias = Literal["source", "native"]
+
+
+class RegionSource(Protocol):
+    """Per-pixel region weights of a scene, window by window (a mask raster, polygons...)."""
+
+    def read(self, window: Window) -> np.ndarray:
+        """``(h, w)`` float32 weights of the window (0 outside the region)."""
+        ...
+
+
+SceneRegion: TypeAlias = Literal["predicted", "all"] | RegionSource
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What to explain: classes (names or indexes), method, target layer, region, weights."""
+
+    classes: tuple[str | int, ...]
+    method: Method = "gradcam"
+    layer: str | None = None
+    region: SceneRegion = "predicted"
+    weights: Weights = "scene"
+    score: Literal["logits", "probabilities"] = "logits"
+    threshold: float | None = None
+    region_name: str = ""  # how the region is described in the outputs' tags
+
+    def describe_region(self) -> str:
+        """The region as recorded in the outputs."""
+        if self.region_name:
+            return self.region_name
+        return self.region if isinstance(self.region, str) else type(self.region).__name__
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How the scene is cut and fed: tile side, overlap, batch size, read-ahead, cache budget."""
+
+    tile: int = 512
+    overlap: int = 128
+    batch_size: int = 4
+    read_ahead: int = 2
+    cache_mb: int = 1024
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the network runs; ``progress`` None shows a bar only on a terminal."""
+
+    device: str = "auto"
+    precision: Precision = "fp32"
+    progress: bool | None = None
+
+
+@dataclass(frozen=True)
+class Products:
+    """Which rasters to make, at which resolution."""
+
+    resolution: Resolution = "source"
+    probabilities: bool = False
+    class_map: bool = False
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    """One output raster as the engine will fill it."""
+
+    name: str
+    grid: Grid
+    bands: list[Band]
+    dtype: str
+    nodata: float
+
+
+@dataclass
+class SceneReport:
+    """What a scene run did."""
+
+    layer: str
+    stride: int
+    tiles: int
+    skipped: int
+    passes: int
+    batch_size: int
+    seconds: float
+    region_pixels: dict[str, float]
+    cached_activations: bool = False
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+SinkFactory = Callable[[ProductSpec], StripSink]
+
+
+@dataclass
+class _Tile:
+    window: Window
+    pixels: np.ndarray | None  # (C, Hp, Wp) normalised, None for a skipped (all-nodata) tile
+    valid: np.ndarray  # (Hp, Wp) bool, False in the padding
+    region: np.ndarray | None  # (Hp, Wp) region weights when the region is a RegionSource
+
+
+def explain_scene(
+    model: nn.Module,
+    spec: ModelSpec,
+    source: TileSource,
+    explanation: Explanation,
+    sinks: SinkFactory,
+    *,
+    tiling: Tiling | None = None,
+    runtime: Runtime | None = None,
+    products: Products | None = None,
+) -> SceneReport:
+    """Explain ``source`` tile by tile and stream every product into the sinks made for it.
+
+    ``sinks`` is called once per product (heatmap first) with its grid, bands and dtype, before
+    any tile is processed. The model is moved to the chosen device.
+    """
+    return _Scene(model, spec, source, explanation, tiling, runtime, products).run(sinks)
+
+
+class _Scene:
+    """One run over one scene; holds the plan shared by the passes."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        source: TileSource,
+        explanation: Explanation,
+        tiling: Tiling | None,
+        runtime: Runtime | None,
+        products: Products | None,
+    ) -> None:
+        self.spec = spec
+        self.source = source
+        self.explanation = explanation
+        self.tiling = tiling or Tiling()
+        self.runtime = runtime or Runtime()
+        self.products = products or Products()
+        if source.count != spec.in_channels:
+            raise GeocamError(
+                f"the sources have {source.count} band(s) but the model takes "
+                f"{spec.in_channels}: check the sources and the config's bands"
+            )
+        if self.tiling.batch_size < 1:
+            raise GeocamError("--batch-size must be at least 1")
+        self.device = resolve_device(self.runtime.device)
+        self.model = model.to(self.device)
+        self.options = CamOptions(
+            score=explanation.score,
+            threshold=explanation.threshold,
+            autocast=autocast_dtype(self.runtime.precision, self.device),
+        )
+        self.classes = [spec.class_index(c) for c in explanation.classes]
+        if not self.classes:
+            raise GeocamError("--class: name at least one class to explain")
+        self.class_names = [spec.classes[i] for i in self.classes]
+        layers = list_layers(self.model, spec.in_channels)
+        self.layer = explanation.layer or spec.layer or default_layer(self.model, spec.in_channels)
+        self.stride = _layer_stride(layers, self.layer)
+        multiple = int(max(i.stride for i in layers if i.stride == int(i.stride)))
+        grid = source.grid
+        self.layout = TileLayout.plan(
+            grid.height, grid.width, self.tiling.tile, self.tiling.overlap, multiple
+        )
+        self.windows = self.layout.windows()
+        self.scene_weights = explanation.weights == "scene" and explanation.method in (
+            "gradcam",
+            "gradcam++",
+        )
+        self.sizer = BatchSizer(self.tiling.batch_size)
+        self._index = {_key_of(w): i for i, w in enumerate(self.windows)}
+        self.skipped = 0
+        self.region_pixels = np.zeros(len(self.classes))
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def run(self, sinks: SinkFactory) -> SceneReport:
+        start = time.perf_counter()
+        heat_spec, extra_specs = self._product_specs()
+        heat = self._accumulator(heat_spec, sinks(heat_spec))
+        extras = [(s, self._accumulator(s, sinks(s))) for s in extra_specs]
+        passes = (3 if self.explanation.method == "gradcam++" else 2) if self.scene_weights else 1
+        bar: tqdm[None] = tqdm(  # type: ignore[assignment]
+            total=len(self.windows) * passes,
+            unit="tile",
+            disable=not _show_progress(self.runtime.progress),
+            desc="geocam",
+        )
+        cached = False
+        try:
+            if self.scene_weights:
+                sums = self._activation_sums(bar) if passes == 3 else None
+                weights, cache = self._global_weights(bar, extras, sums)
+                cached = cache is not None
+                self._map_pass(bar, heat, weights, cache)
+            else:
+                self._single_pass(bar, heat, extras)
+        finally:
+            bar.close()
+        return SceneReport(
+            layer=self.layer,
+            stride=self.stride,
+            tiles=len(self.windows),
+            skipped=self.skipped,
+            passes=passes,
+            batch_size=self.sizer.size,
+            seconds=time.perf_counter() - start,
+            region_pixels=dict(zip(self.class_names, self.region_pixels.tolist(), strict=True)),
+            cached_activations=cached,
+        )
+
+    def _single_pass(
+        self,
+        bar: tqdm[None],
+        heat: BandAccumulator,
+        extras: list[tuple[ProductSpec, BandAccumulator]],
+    ) -> None:
+        """Per-tile maps (local methods, or ``weights="tile"``), blended as they come."""
+        for group in self._groups():
+            tiles = [t for t in group if t.pixels is not None]
+            results = dict(
+                zip(map(_key, tiles), self._per_tile(tiles, self._tile_maps), strict=True)
+            )
+            for tile in group:
+                if tile.pixels is not None:
+                    signed, output = results[_key(tile)]
+                    self._add_heat(heat, tile, signed)
+                    self._add_extras(extras, tile, output)
+                self._flush(tile, heat, *(acc for _, acc in extras))
+                bar.update()
+
+    def _tile_maps(self, tiles: Sequence[_Tile]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        images, valid, region = self._batch(tiles, core=False)
+        grads = layer_gradients(
+            self.model, images, self.classes, self.layer,
+            region=region, valid=valid, options=self.options,
+        )  # fmt: skip
+        self.region_pixels += grads.region_pixels.sum(0).cpu().numpy()
+        signed = combine(self.explanation.method, grads.activations, grads.gradients)
+        return list(zip(signed, grads.output, strict=True))
+
+    def _activation_sums(self, bar: tqdm[None]) -> torch.Tensor:
+        """Pass 0 of Grad-CAM++: per-channel activation sums over the scene, each cell once."""
+        total = torch.zeros(0)
+        for group in self._groups():
+            tiles = [t for t in group if t.pixels is not None]
+            for tile, acts in zip(tiles, self._per_tile(tiles, self._activations), strict=True):
+                core = torch.from_numpy(self._core_mask(tile)).float()[None, None]
+                fractions = F.adaptive_avg_pool2d(core, (acts.shape[-2], acts.shape[-1]))[0].to(
+                    acts.device
+                )
+                part = (acts * fractions).sum(dim=(1, 2))
+                total = part if total.numel() == 0 else total + part
+            bar.update(len(group))
+        if total.numel() == 0:
+            raise GeocamError("the scene has no valid pixels: every tile is nodata")
+        return total
+
+    def _activations(self, tiles: Sequence[_Tile]) -> list[torch.Tensor]:
+        images, _, _ = self._batch(tiles, core=False)
+        acts, _ = layer_activations(self.model, images, self.layer, self.options)
+        return list(acts)
+
+    def _global_weights(
+        self,
+        bar: tqdm[None],
+        extras: list[tuple[ProductSpec, BandAccumulator]],
+        activation_sums: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor] | None]:
+        """Pass 1: the scene's channel weights ``(K, C)``; activations kept if they fit."""
+        total = torch.zeros(0)
+        cache: dict[tuple[int, int], torch.Tensor] | None = {}
+        budget, used = self.tiling.cache_mb * 2**20, 0
+        for group in self._groups():
+            tiles = [t for t in group if t.pixels is not None]
+            outputs = {}
+            for tile, (acts, grads, output) in zip(
+                tiles, self._per_tile(tiles, self._tile_gradients), strict=True
+            ):
+                if self.explanation.method == "gradcam++":
+                    sums = None if activation_sums is None else activation_sums[None]
+                    weights = channel_weights("gradcam++", acts[None], grads[None], sums)
+                    assert weights is not None
+                    part = weights[0]
+                else:
+                    part = grads.sum(dim=(-2, -1))
+                total = part if total.numel() == 0 else total + part
+                outputs[_key(tile)] = output
+                used += acts.numel() * acts.element_size()
+                if cache is not None and used <= budget:
+                    cache[_key(tile)] = acts.cpu()
+                else:
+                    cache = None
+            for tile in group:
+                if tile.pixels is not None:
+                    self._add_extras(extras, tile, outputs[_key(tile)])
+                self._flush(tile, *(acc for _, acc in extras))
+                bar.update()
+        if total.numel() == 0:
+            raise GeocamError("the scene has no valid pixels: every tile is nodata")
+        if self.explanation.method == "gradcam":
+            grid = self.source.grid
+            total = total / (grid.height * grid.width / self.stride**2)
+        return total, cache
+
+    def _tile_gradients(
+        self, tiles: Sequence[_Tile]
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        images, valid, region = self._batch(tiles, core=True)
+        grads = layer_gradients(
+            self.model, images, self.classes, self.layer,
+            region=region, valid=valid, options=self.options,
+        )  # fmt: skip
+        self.region_pixels += grads.region_pixels.sum(0).cpu().numpy()
+        return list(zip(grads.activations, grads.gradients, grads.output, strict=True))
+
+    def _map_pass(
+        self,
+        bar: tqdm[None],
+        heat: BandAccumulator,
+        weights: torch.Tensor,
+        cache: dict[tuple[int, int], torch.Tensor] | None,
+    ) -> None:
+        """Pass 2: every tile's map with the scene's weights."""
+        for group in self._groups():
+            tiles = [t for t in group if t.pixels is not None]
+            if cache is not None:
+                activations = [cache.pop(_key(t)).to(self.device) for t in tiles]
+            else:
+                activations = self._per_tile(tiles, self._activations)
+            for tile, acts in zip(tiles, activations, strict=True):
+                signed = combine(self.explanation.method, acts[None], None, weights[None])[0]
+                self._add_heat(heat, tile, signed)
+            for tile in group:
+                self._flush(tile, heat)
+                bar.update()
+
+    def _per_tile(
+        self, tiles: Sequence[_Tile], work: Callable[[Sequence[_Tile]], list[R]]
+    ) -> list[R]:
+        """``work`` over ``tiles`` in batches that shrink on out-of-memory errors."""
+        return [item for chunk in self.sizer.run(tiles, work) for item in chunk]
+
+    # --- tiles -----------------------------------------------------------------------------
+
+    def _groups(self) -> Iterator[list[_Tile]]:
+        """Consecutive tiles, up to a batch of valid ones each, read ahead in a thread."""
+        self.skipped = 0
+
+        def produce() -> Iterator[list[_Tile]]:
+            group: list[_Tile] = []
+            valid_count = 0
+            for window in self.windows:
+                tile = self._read(window)
+                if tile.pixels is None:
+                    self.skipped += 1
+                else:
+                    valid_count += 1
+                group.append(tile)
+                if valid_count == self.tiling.batch_size:
+                    yield group
+                    group, valid_count = [], 0
+            if group:
+                yield group
+
+        return read_ahead(produce(), self.tiling.read_ahead)
+
+    def _read(self, window: Window) -> _Tile:
+        pixels, valid = self.source.read(window)
+        padded = self.layout.padded_shape(window)
+        pad = ((0, padded[0] - pixels.shape[1]), (0, padded[1] - pixels.shape[2]))
+        valid_padded = np.pad(valid, pad, constant_values=False)
+        region = None
+        if not isinstance(self.explanation.region, str):
+            region = np.pad(self.explanation.region.read(window).astype(np.float32), pad)
+        if not valid.any():
+            return _Tile(window, None, valid_padded, region)
+        if self.spec.normalisation is not None:
+            scale = np.asarray(self.spec.normalisation.scale, dtype=np.float32)[:, None, None]
+            offset = np.asarray(self.spec.normalisation.offset, dtype=np.float32)[:, None, None]
+            pixels = pixels * scale + offset
+        pixels = np.where(valid, pixels, np.float32(0))  # nodata: the normalised mean
+        pixels = np.pad(pixels, ((0, 0), *pad), mode="reflect" if min(valid.shape) > 1 else "edge")
+        return _Tile(window, pixels.astype(np.float32, copy=False), valid_padded, region)
+
+    def _core_mask(self, tile: _Tile) -> np.ndarray:
+        core = self.layout.core(tile.window)
+        mask = np.zeros(tile.valid.shape, dtype=bool)
+        top = int(core.row_off - tile.window.row_off)
+        left = int(core.col_off - tile.window.col_off)
+        mask[top : top + int(core.height), left : left + int(core.width)] = True
+        return mask
+
+    def _batch(
+        self, tiles: Sequence[_Tile], *, core: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, Region]:
+        """Images, validity (restricted to the cores in pass 1) and region, on the device."""
+        images = to_device(torch.from_numpy(np.stack([t.pixels for t in tiles])), self.device)  # type: ignore[misc]
+        masks = [t.valid & self._core_mask(t) if core else t.valid for t in tiles]
+        valid = torch.from_numpy(np.stack(masks)).to(self.device)
+        region: Region
+        if isinstance(self.explanation.region, str):
+            region = self.explanation.region
+        else:
+            region = torch.from_numpy(np.stack([t.region for t in tiles])).to(self.device)  # type: ignore[misc]
+        return images, valid, region
+
+    # --- accumulation ----------------------------------------------------------------------
+
+    def _product_specs(self) -> tuple[ProductSpec, list[ProductSpec]]:
+        grid = self.source.grid
+        heat_grid = grid
+        if self.products.resolution == "native":
+            heat_grid = Grid(
+                grid.crs,
+                native_transform(grid.transform, self.stride),
+                -(-grid.width // self.stride),
+                -(-grid.height // self.stride),
+            )
+        bands = []
+        for index, name in zip(self.classes, self.class_names, strict=True):
+            for kind in ("positive", "signed"):
+                bands.append(
+                    Band(
+                        f"{name} {kind}",
+                        {"CLASS": name, "CLASS_INDEX": str(index), "KIND": kind},
+                    )
+                )
+        heat = ProductSpec("heatmap", heat_grid, bands, "float32", float("nan"))
+        extras = []
+        if self.products.probabilities:
+            prob_bands = [Band(f"{n} probability", {"CLASS": n}) for n in self.class_names]
+            extras.append(ProductSpec("probabilities", grid, prob_bands, "float32", float("nan")))
+        if self.products.class_map:
+            extras.append(ProductSpec("classes", grid, [Band("predicted class")], "uint8", 255))
+        return heat, extras
+
+    def _accumulator(self, spec: ProductSpec, sink: StripSink) -> BandAccumulator:
+        grid = self.source.grid
+        bands, finish = len(spec.bands), weighted_mean
+        if spec.name == "classes":
+            bands, finish = len(self.spec.classes), _argmax_classes
+        native = spec.name == "heatmap" and self.products.resolution == "native"
+        return BandAccumulator(
+            bands,
+            grid.height,
+            grid.width,
+            self.layout.tile,
+            sink,
+            scale=self.stride if native else 1,
+            finish=finish,
+        )
+
+    def _crop(self, tile: _Tile, maps: torch.Tensor) -> np.ndarray:
+        """Upsample ``(K, h, w)`` maps to the padded tile and crop to the window, as numpy."""
+        padded = tile.valid.shape
+        full = F.interpolate(maps[None].float(), size=padded, mode="bilinear", align_corners=False)[
+            0
+        ]
+        h, w = int(tile.window.height), int(tile.window.width)
+        cropped: np.ndarray = full[:, :h, :w].cpu().numpy()
+        return cropped
+
+    def _weights(self, tile: _Tile) -> np.ndarray:
+        h, w = int(tile.window.height), int(tile.window.width)
+        weights: np.ndarray = self.layout.blend_weights(tile.window) * tile.valid[:h, :w]
+        return weights
+
+    def _add_heat(self, heat: BandAccumulator, tile: _Tile, signed: torch.Tensor) -> None:
+        up = self._crop(tile, signed)
+        positive = self._crop(tile, torch.relu(signed))
+        values = np.stack([positive, up], axis=1).reshape(-1, *up.shape[1:])
+        heat.add(tile.window, values, self._weights(tile))
+
+    def _add_extras(
+        self,
+        extras: list[tuple[ProductSpec, BandAccumulator]],
+        tile: _Tile,
+        output: torch.Tensor,
+    ) -> None:
+        if not extras:
+            return
+        probabilities = (
+            torch.softmax(output, dim=0) if output.shape[0] > 1 else torch.sigmoid(output)
+        )
+        h, w = int(tile.window.height), int(tile.window.width)
+        for spec, acc in extras:
+            if spec.name == "classes":
+                values = probabilities[:, :h, :w].cpu().numpy()
+            else:
+                values = probabilities[self.classes, :h, :w].cpu().numpy()
+            acc.add(tile.window, values, self._weights(tile))
+
+    def _flush(self, tile: _Tile, *accumulators: BandAccumulator) -> None:
+        """Flush every row above the next tile's first row: no later tile touches it."""
+        index = self._index[_key(tile)]
+        following = self.windows[index + 1] if index + 1 < len(self.windows) else None
+        final = None if following is None else int(following.row_off)
+        for acc in accumulators:
+            acc.flush(final)
+
+
+def _key_of(window: Window) -> tuple[int, int]:
+    return int(window.row_off), int(window.col_off)
+
+
+def _key(tile: _Tile) -> tuple[int, int]:
+    return _key_of(tile.window)
+
+
+def _layer_stride(layers: list[LayerInfo], name: str) -> int:
+    for info in layers:
+        if info.name == name:
+            if info.stride != int(info.stride):
+                raise GeocamError(f"layer {name!r} has a fractional stride ({info.stride})")
+            return int(info.stride)
+    raise GeocamError(f"layer {name!r} has no spatial output (see geocam.list_layers)")
+
+
+def _argmax_classes(sums: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The most probable class per pixel from blended probabilities; 255 where nodata."""
+    classes: np.ndarray = sums.argmax(axis=0).astype(np.uint8)
+    classes[weights <= 1e-6] = 255
+    return classes[None]
+
+
+def _show_progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
