@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
@@ -109,13 +110,16 @@ class GeoTiffWriter:
         nodata: float = float("nan"),
         compress: str = "zstd",
         overwrite: bool = False,
-        colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
-        statistics: bool = True,
+        categories: Sequence[str] | None = None,
+        cog: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.cog = cog
+        self.categories = list(categories) if categories is not None else None
         check_destination(self.path, overwrite)
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
-        floating = np.dtype(dtype).kind == "f"
+        self.compress = compress
+        floating = self.floating = np.dtype(dtype).kind == "f"
         profile = {
             "driver": "GTiff",
             "width": grid.width,
@@ -140,13 +144,13 @@ class GeoTiffWriter:
                     self._dataset.update_tags(index, **band.tags)
             if tags:
                 self._dataset.update_tags(**tags)
-            if colormap is not None:
-                self._dataset.write_colormap(1, dict(colormap))
+            if self.categories is not None:
+                self._dataset.write_colormap(1, class_colours(len(self.categories)))
         except BaseException:
             self.abort()
             raise
         step = max(1, (grid.width * grid.height) // 1_000_000)
-        self.stats = [BandStats(step) for _ in bands] if statistics else []
+        self.stats = [BandStats(step) for _ in bands] if floating else []
 
     def write(self, row_start: int, data: np.ndarray) -> None:
         """Write whole rows; strips should start on 512-row block boundaries."""
@@ -155,20 +159,74 @@ class GeoTiffWriter:
         for stats, band in zip(self.stats, data, strict=False):
             stats.update(band)
 
-    def commit(self) -> Path:
-        """Store the statistics, close, and rename the partial file to the destination."""
+    def commit(self, tags: Mapping[str, str] | None = None) -> Path:
+        """Store statistics and ``tags``, close, and move the finished file into place.
+
+        With ``cog`` the file is first converted to a Cloud-Optimized GeoTIFF with overviews
+        (average resampling for continuous bands, nearest for a class map).
+        """
         for index, stats in enumerate(self.stats, start=1):
             self._dataset.update_tags(index, **stats.tags())
+        if tags:
+            self._dataset.update_tags(**tags)
         self._dataset.close()
+        if self.cog:
+            self._to_cog()
         os.replace(self.partial, self.path)
+        if self.categories is not None:
+            write_category_names(self.path, self.categories)
         return self.path
+
+    def _to_cog(self) -> None:
+        """Convert the partial file with GDAL's COG driver, which keeps every band's tags."""
+        from rasterio.shutil import copy
+
+        converted = self.partial.with_name(self.partial.name + ".cog")
+        try:
+            copy(
+                self.partial,
+                converted,
+                driver="COG",
+                COMPRESS=self.compress.upper(),
+                PREDICTOR="FLOATING_POINT" if self.floating else "YES",
+                BLOCKSIZE=BLOCK,
+                BIGTIFF="IF_SAFER",
+                OVERVIEWS="IGNORE_EXISTING",
+                RESAMPLING="NEAREST" if self.categories is not None else "AVERAGE",
+            )
+            os.replace(converted, self.partial)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                converted.unlink()
 
     def abort(self) -> None:
         """Close and delete the partial file."""
         if not self._dataset.closed:
             self._dataset.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.partial.unlink()
+        for leftover in (self.partial, self.partial.with_name(self.partial.name + ".cog")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+def class_colours(count: int) -> dict[int, tuple[int, int, int, int]]:
+    """A qualitative colour table (Tableau 10, then greys) for class indexes; 255 transparent."""
+    palette = [
+        (78, 121, 167), (242, 142, 43), (225, 87, 89), (118, 183, 178), (89, 161, 79),
+        (237, 201, 72), (176, 122, 161), (255, 157, 167), (156, 117, 95), (186, 176, 172),
+    ]  # fmt: skip
+    colours = {i: (*palette[i % len(palette)], 255) for i in range(count)}
+    colours[255] = (0, 0, 0, 0)
+    return colours
+
+
+def write_category_names(path: Path, names: Sequence[str]) -> None:
+    """Write GDAL category names for band 1 in a ``.aux.xml`` sidecar (read by GDAL and QGIS)."""
+    categories = "".join(f"<Category>{escape(name)}</Category>" for name in names)
+    Path(f"{path}.aux.xml").write_text(
+        '<PAMDataset><PAMRasterBand band="1"><CategoryNames>'
+        f"{categories}</CategoryNames></PAMRasterBand></PAMDataset>\n",
+        encoding="utf-8",
+    )
 
 
 class ArraySink:

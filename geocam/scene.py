@@ -105,22 +105,26 @@ class Runtime:
 
 @dataclass(frozen=True)
 class Products:
-    """Which rasters to make, at which resolution."""
+    """Which rasters to make, at which resolution, and how to write them."""
 
     resolution: Resolution = "source"
     probabilities: bool = False
     class_map: bool = False
+    cog: bool = False
+    compress: Literal["zstd", "deflate"] = "zstd"
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
 class ProductSpec:
-    """One output raster as the engine will fill it."""
+    """One output raster as the engine will fill it, with tags describing the run."""
 
     name: str
     grid: Grid
     bands: list[Band]
     dtype: str
     nodata: float
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -478,14 +482,38 @@ class _Scene:
                         {"CLASS": name, "CLASS_INDEX": str(index), "KIND": kind},
                     )
                 )
-        heat = ProductSpec("heatmap", heat_grid, bands, "float32", float("nan"))
+        tags = self._tags()
+        heat = ProductSpec("heatmap", heat_grid, bands, "float32", float("nan"), tags)
         extras = []
         if self.products.probabilities:
             prob_bands = [Band(f"{n} probability", {"CLASS": n}) for n in self.class_names]
-            extras.append(ProductSpec("probabilities", grid, prob_bands, "float32", float("nan")))
+            extras.append(
+                ProductSpec("probabilities", grid, prob_bands, "float32", float("nan"), tags)
+            )
         if self.products.class_map:
-            extras.append(ProductSpec("classes", grid, [Band("predicted class")], "uint8", 255))
+            names = {"CLASS_NAMES": ",".join(self.spec.classes)}
+            extras.append(
+                ProductSpec("classes", grid, [Band("predicted class", names)], "uint8", 255, tags)
+            )
         return heat, extras
+
+    def _tags(self) -> dict[str, str]:
+        """What the run was, recorded in every product."""
+        e, t = self.explanation, self.layout
+        return {
+            "GEOCAM_CLASSES": ",".join(self.class_names),
+            "GEOCAM_METHOD": e.method,
+            "GEOCAM_LAYER": self.layer,
+            "GEOCAM_LAYER_STRIDE": str(self.stride),
+            "GEOCAM_REGION": e.describe_region(),
+            "GEOCAM_SCORE": e.score,
+            "GEOCAM_WEIGHTS": "scene" if self.scene_weights else "tile",
+            "GEOCAM_RESOLUTION": self.products.resolution,
+            "GEOCAM_TILE": str(t.tile),
+            "GEOCAM_OVERLAP": str(t.overlap),
+            "GEOCAM_MODEL": f"{self.spec.arch}/{self.spec.encoder}",
+            "GEOCAM_PRECISION": self.runtime.precision,
+        }
 
     def _accumulator(self, spec: ProductSpec, sink: StripSink) -> BandAccumulator:
         grid = self.source.grid

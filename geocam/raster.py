@@ -1,0 +1,185 @@
+"""Scenes in, georeferenced heatmaps out: GeoTIFF paths, or xarray DataArrays with ``.rio``.
+
+Thin layers over :func:`geocam.scene.explain_scene` that choose the source and the sinks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from torch import nn
+
+from geocam.errors import GeocamError
+from geocam.models import ModelSpec, build_model, file_sha256
+from geocam.output import ArraySink, GeoTiffWriter, check_destination
+from geocam.scene import (
+    Explanation,
+    Products,
+    ProductSpec,
+    Runtime,
+    SceneReport,
+    Tiling,
+    explain_scene,
+)
+from geocam.sources import ArraySource, Grid, RasterSource
+from geocam.tiling import native_transform
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+SUFFIXES = {"heatmap": "", "probabilities": "_probability", "classes": "_classes"}
+
+
+def product_paths(out: str | Path, products: Products) -> dict[str, Path]:
+    """Where each product goes: the heatmap at ``out``, the others beside it."""
+    out = Path(out)
+    names = ["heatmap"]
+    if products.probabilities:
+        names.append("probabilities")
+    if products.class_map:
+        names.append("classes")
+    suffix = out.suffix or ".tif"
+    return {name: out.with_name(f"{out.stem}{SUFFIXES[name]}{suffix}") for name in names}
+
+
+def explain_raster(
+    sources: str | Path | Sequence[str | Path],
+    out: str | Path,
+    spec: ModelSpec,
+    explanation: Explanation,
+    *,
+    tiling: Tiling | None = None,
+    runtime: Runtime | None = None,
+    products: Products | None = None,
+    nodata: float | None = None,
+    model: nn.Module | None = None,
+) -> SceneReport:
+    """Explain one scene (one or more stacked rasters) and write its GeoTIFF products.
+
+    The heatmap goes to ``out`` (bands: positive and signed map per class); probabilities and
+    the class map, when asked for, go beside it. Every file is written to a partial file and
+    renamed into place only when complete. ``nodata`` overrides the sources' own nodata.
+    """
+    products = products or Products()
+    paths = product_paths(out, products)
+    for path in paths.values():
+        check_destination(path, products.overwrite)
+    network = build_model(spec) if model is None else model
+    extra_tags = {"GEOCAM_SOURCES": ",".join(Path(p).name for p in _as_list(sources))}
+    if spec.checkpoint is not None:
+        extra_tags["GEOCAM_CHECKPOINT_SHA256"] = file_sha256(spec.checkpoint)
+    from geocam import __version__
+
+    extra_tags["GEOCAM_VERSION"] = __version__
+    writers: dict[str, GeoTiffWriter] = {}
+
+    def sink(product: ProductSpec) -> GeoTiffWriter:
+        writer = GeoTiffWriter(
+            paths[product.name],
+            product.grid,
+            product.bands,
+            tags={**product.tags, **extra_tags},
+            dtype=product.dtype,
+            nodata=product.nodata,
+            compress=products.compress,
+            overwrite=products.overwrite,
+            categories=_class_names(spec) if product.name == "classes" else None,
+            cog=products.cog,
+        )
+        writers[product.name] = writer
+        return writer
+
+    with RasterSource(_as_list(sources), spec.bands, nodata=nodata) as source:
+        try:
+            report = explain_scene(
+                network, spec, source, explanation, sink,
+                tiling=tiling, runtime=runtime, products=products,
+            )  # fmt: skip
+            region = {
+                f"GEOCAM_REGION_PIXELS_{k.upper()}": f"{v:.0f}"
+                for k, v in report.region_pixels.items()
+            }
+            for writer in writers.values():
+                writer.commit(region)
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+    report.outputs = {name: paths[name] for name in writers}
+    return report
+
+
+def explain_xarray(
+    data: xr.DataArray,
+    spec: ModelSpec,
+    explanation: Explanation,
+    *,
+    tiling: Tiling | None = None,
+    runtime: Runtime | None = None,
+    resolution: str = "source",
+    model: nn.Module | None = None,
+) -> xr.DataArray:
+    """Explain a ``(band, y, x)`` DataArray with a CRS and transform (rioxarray ``.rio``).
+
+    Returns the heatmap as a ``(band, y, x)`` float32 DataArray on the same grid (or the
+    feature map's grid for ``resolution="native"``) with the same CRS, NaN where nodata.
+    """
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+
+    if data.ndim != 3:
+        raise GeocamError(f"the DataArray has dims {data.dims}; expected (band, y, x)")
+    pixels = np.asarray(data.values)
+    if spec.bands:
+        if len(spec.bands) != 1:
+            raise GeocamError("a DataArray is one raster; stack multi-raster inputs into one first")
+        pixels = pixels[[b - 1 for b in spec.bands[0]]]
+    transform = data.rio.transform()
+    grid = Grid(data.rio.crs, transform, pixels.shape[2], pixels.shape[1])
+    nodata = data.rio.nodata if data.rio.nodata is not None else data.rio.encoded_nodata
+    valid = None if nodata is None or np.isnan(nodata) else (pixels != nodata).any(axis=0)
+    sinks: dict[str, ArraySink] = {}
+
+    def sink(product: ProductSpec) -> ArraySink:
+        sinks[product.name] = ArraySink(len(product.bands), product.grid.height, product.grid.width)
+        return sinks[product.name]
+
+    products = Products(resolution="native" if resolution == "native" else "source")
+    network = build_model(spec) if model is None else model
+    report = explain_scene(
+        network, spec, ArraySource(pixels, grid, valid), explanation, sink,
+        tiling=tiling, runtime=runtime, products=products,
+    )  # fmt: skip
+    heat = sinks["heatmap"].data
+    out_transform = transform
+    if resolution == "native":
+        out_transform = native_transform(transform, report.stride)
+    height, width = heat.shape[1:]
+    xs = out_transform.c + out_transform.a * (np.arange(width) + 0.5)
+    ys = out_transform.f + out_transform.e * (np.arange(height) + 0.5)
+    names = [
+        f"{spec.classes[spec.class_index(c)]} {kind}"
+        for c in explanation.classes
+        for kind in ("positive", "signed")
+    ]
+    result = xr.DataArray(
+        heat,
+        dims=("band", "y", "x"),
+        coords={"band": names, "y": ys, "x": xs},
+        attrs={"method": explanation.method, "layer": report.layer},
+        name="geocam",
+    )
+    result = result.rio.write_crs(data.rio.crs).rio.write_transform(out_transform)
+    written: xr.DataArray = result.rio.write_nodata(np.nan, encoded=False)
+    return written
+
+
+def _as_list(sources: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    return [sources] if isinstance(sources, str | Path) else list(sources)
+
+
+def _class_names(spec: ModelSpec) -> list[str]:
+    return list(spec.classes)
