@@ -65,7 +65,8 @@ class LayerGradients:
 
     ``activations`` ``(B, C, h, w)``, ``gradients`` ``(B, K, C, h, w)`` of each requested
     class's region score, ``scores`` and ``region_pixels`` ``(B, K)`` (the score's value and the
-    summed region weights), ``output`` the network's output, all detached, in the model's
+    summed region weights), ``region`` the weights themselves (``(B, K, H, W)``; ``(B, K)``
+    ones for a classifier), ``output`` the network's output, all detached, in the model's
     precision (float32, or float64 for a float64 model; never less than float32).
     """
 
@@ -75,6 +76,7 @@ class LayerGradients:
     region_pixels: torch.Tensor
     classes: torch.Tensor
     output: torch.Tensor
+    region: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -211,15 +213,16 @@ def layer_gradients(
     with _forward(model, images, layer, opts, track=True) as (batch, activations, output):
         table = class_table(classes, batch.shape[0], batch.device)
         _check_classes(table, output)
-        scores, pixels = _region_scores(output, table, region, valid, opts)
+        scores, weights = _region_scores(output, table, region, valid, opts)
         gradients = _score_gradients(scores, activations, opts, layer)
     return LayerGradients(
         activations=activations.detach().to(output.dtype),
         gradients=gradients.to(output.dtype),
         scores=scores.detach(),
-        region_pixels=pixels,
+        region_pixels=weights.sum(dim=(-2, -1)) if weights.ndim == 4 else weights,
         classes=table,
         output=output.detach(),
+        region=weights,
     )
 
 
@@ -349,7 +352,7 @@ def _region_scores(
     valid: torch.Tensor | np.ndarray | None,
     opts: CamOptions,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Region-summed class scores ``(B, K)`` (in the graph) and the summed region weights."""
+    """Region-summed class scores ``(B, K)`` (in the graph) and the region's weights."""
     if opts.score == "probabilities":
         values = class_probabilities(output, table, opts.activation)
     else:
@@ -357,12 +360,12 @@ def _region_scores(
     if output.ndim == 2:  # a classifier: the score is the class's own logit
         if not (isinstance(region, str) and region in ("predicted", "all")):
             raise GeocamError("a classification network has no pixels: region must be 'all'")
-        return values, torch.ones_like(values)
+        return values, torch.ones_like(values).detach()
     weights = region_weights(
         region, output, table, valid=valid, activation=opts.activation, threshold=opts.threshold
     )
     weighted = torch.where(weights != 0, weights * values, torch.zeros_like(values))
-    return weighted.sum(dim=(-2, -1)), weights.sum(dim=(-2, -1))
+    return weighted.sum(dim=(-2, -1)), weights
 
 
 def _score_gradients(

@@ -216,7 +216,12 @@ class _Scene:
         multiple = int(max(i.stride for i in layers if i.stride == int(i.stride)))
         grid = source.grid
         self.layout = TileLayout.plan(
-            grid.height, grid.width, self.tiling.tile, self.tiling.overlap, multiple
+            grid.height,
+            grid.width,
+            self.tiling.tile,
+            self.tiling.overlap,
+            multiple,
+            margin=-(-self.stride // 2),
         )
         self.windows = self.layout.windows()
         self.scene_weights = explanation.weights == "scene" and explanation.method in (
@@ -291,7 +296,9 @@ class _Scene:
             self.model, images, self.classes, self.layer,
             region=region, valid=valid, options=self.options,
         )  # fmt: skip
-        self.region_pixels += grads.region_pixels.sum(0).cpu().numpy()
+        cores = torch.from_numpy(np.stack([self._core_mask(t) for t in tiles])).to(self.device)
+        in_cores = grads.region * cores[:, None]  # count every region pixel once
+        self.region_pixels += in_cores.sum(dim=(0, 2, 3)).cpu().numpy()
         signed = combine(self.explanation.method, grads.activations, grads.gradients)
         return list(zip(signed, grads.output, strict=True))
 

@@ -41,6 +41,10 @@ class TileLayout:
     """Nominal overlap between neighbouring tiles in pixels (a snapped last tile overlaps more)."""
     multiple: int
     """The network's required input multiple (32 for smp encoders)."""
+    margin: int = 0
+    """Pixels at a tile edge facing another tile that get no weight (at most half of each
+    overlap): the scene engine sets half the target layer's stride there, the band in which
+    bilinear upsampling of a tile's map clamps at the tile's edge for want of the next cell."""
 
     def __post_init__(self) -> None:
         _check_positive(self.multiple, "the network's input multiple", "check the model")
@@ -57,6 +61,8 @@ class TileLayout:
             )
         if self.overlap < 0:
             raise GeocamError(f"overlap ({self.overlap}) must be at least 0: raise --overlap")
+        if self.margin < 0:
+            raise GeocamError(f"margin ({self.margin}) must be at least 0")
         if self.overlap >= self.tile:
             raise GeocamError(
                 f"overlap ({self.overlap}) must be smaller than the tile ({self.tile}): "
@@ -71,17 +77,18 @@ class TileLayout:
         tile: int = 512,
         overlap: int = 128,
         multiple: int = 32,
+        margin: int = 0,
     ) -> TileLayout:
         """Lay out tiles of side ``tile`` (rounded up to ``multiple``) overlapping by ``overlap``.
 
         Raises :class:`GeocamError` naming the offending option when the numbers cannot work.
         """
-        height, width, tile, overlap, multiple = (
-            operator.index(v) for v in (height, width, tile, overlap, multiple)
+        height, width, tile, overlap, multiple, margin = (
+            operator.index(v) for v in (height, width, tile, overlap, multiple, margin)
         )
         _check_positive(multiple, "the network's input multiple", "check the model")
         _check_positive(tile, "tile", "raise --tile")
-        return cls(height, width, -(-tile // multiple) * multiple, overlap, multiple)
+        return cls(height, width, -(-tile // multiple) * multiple, overlap, multiple, margin)
 
     @property
     def stride(self) -> int:
@@ -137,8 +144,8 @@ class TileLayout:
         be added up. The 1-D weights are cached, so this is cheap to call per tile.
         """
         row_index, col_index = self._tile_index(window)
-        rows = _axis_weights(self.height, self.tile, self.stride)[row_index]
-        cols = _axis_weights(self.width, self.tile, self.stride)[col_index]
+        rows = _axis_weights(self.height, self.tile, self.stride, self.margin)[row_index]
+        cols = _axis_weights(self.width, self.tile, self.stride, self.margin)[col_index]
         return np.outer(rows, cols).astype(np.float32)
 
     def core(self, window: Window) -> Window:
@@ -205,12 +212,14 @@ def _axis_ends(length: int, tile: int, stride: int) -> list[int]:
 
 
 @lru_cache(maxsize=256)
-def _axis_weights(length: int, tile: int, stride: int) -> tuple[np.ndarray, ...]:
+def _axis_weights(length: int, tile: int, stride: int, margin: int = 0) -> tuple[np.ndarray, ...]:
     """Normalised 1-D blend weights of every tile along one axis (read-only float64 arrays).
 
     Raw weights are 1 with a ramp ``0.5 - 0.5 cos(pi (j + 0.5) / L)`` up over the ``L`` pixels
     shared with the previous tile and its mirror image down over those shared with the next
-    one (where the two ramps meet, with three tiles overlapping, they multiply). The up and
+    one (where the two ramps meet, with three tiles overlapping, they multiply). The first
+    ``margin`` pixels at an edge facing a neighbour (at most half of the overlap) weigh 0 and
+    the ramp spans the rest of the overlap. The up and
     down ramps over one overlap sum to one; dividing by the per-position sum of raw weights
     makes that exact everywhere, also where the snapped last tile makes three tiles overlap.
     """
@@ -221,9 +230,13 @@ def _axis_weights(length: int, tile: int, stride: int) -> tuple[np.ndarray, ...]
     for i, (start, stop) in enumerate(zip(offsets, ends, strict=True)):
         raw = np.ones(stop - start)
         if i > 0 and (shared := ends[i - 1] - start) > 0:
-            raw[:shared] *= _ramp_up(shared)
+            m = min(margin, shared // 2)
+            raw[:m] = 0
+            raw[m:shared] *= _ramp_up(shared - m)
         if i + 1 < len(offsets) and (shared := stop - offsets[i + 1]) > 0:
-            raw[-shared:] *= _ramp_up(shared)[::-1]
+            m = min(margin, shared // 2)
+            raw[len(raw) - m :] = 0
+            raw[len(raw) - shared : len(raw) - m] *= _ramp_up(shared - m)[::-1]
         raws.append(raw)
         total[start:stop] += raw
     weights = []

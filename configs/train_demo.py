@@ -1,0 +1,357 @@
+"""Train the small, seeded demo models that geocam explains, and write their presets.
+
+Each recipe trains one segmentation network on real data from ``../shared/data``, scores it on
+a spatial block held out of training, and writes ``configs/<name>.safetensors`` (the weights)
+and ``configs/<name>.yaml`` (the model preset). Run, from the project root::
+
+    python configs/train_demo.py landcover [--data ../shared/data] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import segmentation_models_pytorch as smp
+import torch
+import yaml
+from safetensors.torch import save_file
+from torch import nn
+
+from geocam import default_layer, list_layers
+
+CONFIGS = Path(__file__).resolve().parent
+IGNORE = -1
+"""Label of pixels left out of the loss and the metrics (no label, or no image data)."""
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A co-registered image and label map, and the columns held out of training.
+
+    ``image`` is ``(C, H, W)`` in the raster's units, ``labels`` ``(H, W)`` network class
+    indexes (``IGNORE`` where unlabelled or nodata), ``valid`` where the image has data.
+    Columns ``>= split`` form the held-out test block; training crops stay left of it.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    valid: np.ndarray
+    split: int
+    heldout: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build, train and describe one demo model."""
+
+    name: str
+    description: str
+    load: Callable[[Path], Scene]
+    encoder: str
+    classes: tuple[str, ...]
+    bands: tuple[tuple[int, ...], ...]
+    rgb: tuple[int, ...]
+    focus: str
+    """The class whose held-out IoU is the headline metric."""
+    arch: str = "Unet"
+    options: dict[str, Any] = field(default_factory=dict)
+    nodata: float = 0
+    steps: int = 600
+    crop: int = 160
+    batch: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+
+    @property
+    def in_channels(self) -> int:
+        """Number of bands fed to the network."""
+        return sum(len(b) for b in self.bands)
+
+    @property
+    def stem(self) -> str:
+        """File name stem of the outputs: the preset name with underscores."""
+        return self.name.replace("-", "_")
+
+
+def read_raster(path: Path) -> np.ndarray:
+    """All bands of a raster as a ``(bands, H, W)`` array."""
+    with rasterio.open(path) as dataset:
+        return np.asarray(dataset.read())
+
+
+def load_landcover(data: Path) -> Scene:
+    """Raleigh Landsat-7 (6 bands) and its land-cover map; the right quarter is held out."""
+    folder = data / "raleigh"
+    image = read_raster(folder / "nc_lsat7_2000_b123457_uint8.tif")
+    strata = read_raster(folder / "nc_landclass_strata_uint8.tif")[0]
+    if strata.shape != image.shape[1:]:
+        raise SystemExit(f"label grid {strata.shape} differs from image grid {image.shape[1:]}")
+    valid = (image != 0).any(axis=0)  # nodata 0: a pixel is nodata when every band is 0
+    labels = strata.astype(np.int64) - 1  # classes 1..7 -> 0..6, nodata 0 -> -1
+    labels[~valid] = IGNORE
+    width = image.shape[2]
+    split = math.ceil(width * 3 / 4)
+    return Scene(image, labels, valid, split, f"right quarter (columns >= {split})")
+
+
+RECIPES: dict[str, Recipe] = {
+    "landcover": Recipe(
+        name="landcover-raleigh",
+        description=(
+            "7-class land cover from Landsat-7 ETM+ (2000) over Raleigh, NC; demo model trained "
+            "by configs/train_demo.py"
+        ),
+        load=load_landcover,
+        encoder="tu-mobilenetv2_100",
+        options={"decoder_channels": [64, 32, 32, 16, 16]},
+        classes=(
+            "developed",
+            "agriculture",
+            "herbaceous",
+            "shrubland",
+            "forest",
+            "water",
+            "sediment",
+        ),
+        bands=((1, 2, 3, 4, 5, 6),),
+        rgb=(3, 2, 1),
+        focus="forest",
+    ),
+}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build(recipe: Recipe) -> nn.Module:
+    """The recipe's network with random weights (nothing is downloaded)."""
+    model: nn.Module = smp.create_model(
+        recipe.arch,
+        encoder_name=recipe.encoder,
+        encoder_weights=None,
+        in_channels=recipe.in_channels,
+        classes=len(recipe.classes),
+        **recipe.options,
+    )
+    return model
+
+
+def band_stats(scene: Scene) -> tuple[list[float], list[float]]:
+    """Per-band mean and std over valid training pixels, rounded as written to the preset."""
+    train = scene.valid[:, : scene.split]
+    pixels = scene.image[:, :, : scene.split][:, train].astype(np.float64)
+    mean = [round(float(v), 4) for v in pixels.mean(axis=1)]
+    std = [round(float(v), 4) for v in pixels.std(axis=1)]
+    return mean, std
+
+
+def normalise(scene: Scene, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``(x - mean) / std`` per band as float32, with nodata pixels set to 0 (the mean)."""
+    m = np.asarray(mean, dtype=np.float32)[:, None, None]
+    s = np.asarray(std, dtype=np.float32)[:, None, None]
+    pixels = (scene.image.astype(np.float32) - m) / s
+    return np.where(scene.valid, pixels, np.float32(0)).astype(np.float32)
+
+
+def class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
+    """Inverse square-root frequency weights, mean 1 over the classes present in training."""
+    counts = np.bincount(labels[labels >= 0], minlength=classes).astype(np.float64)
+    weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1.0)), 0.0)
+    weights *= (counts > 0).sum() / weights.sum()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def sample_batch(
+    pixels: np.ndarray, labels: np.ndarray, crop: int, batch: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random square crops with random flips and 90-degree rotations.
+
+    ``pixels`` and ``labels`` hold only the training area, so no crop can touch the held-out
+    block. Crops with fewer than a quarter of their pixels labelled are drawn again.
+    """
+    height, width = labels.shape
+    xs, ys = [], []
+    while len(xs) < batch:
+        row = int(rng.integers(0, height - crop + 1))
+        col = int(rng.integers(0, width - crop + 1))
+        y = labels[row : row + crop, col : col + crop]
+        if (y >= 0).mean() < 0.25:
+            continue
+        x = pixels[:, row : row + crop, col : col + crop]
+        turns = int(rng.integers(0, 4))
+        x, y = np.rot90(x, turns, axes=(1, 2)), np.rot90(y, turns)
+        if rng.random() < 0.5:
+            x, y = x[:, :, ::-1], y[:, ::-1]
+        xs.append(np.ascontiguousarray(x))
+        ys.append(np.ascontiguousarray(y))
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, pixels: np.ndarray, multiple: int = 32) -> np.ndarray:
+    """Class map of a whole ``(C, H, W)`` block, reflect-padded to a multiple of ``multiple``."""
+    _, height, width = pixels.shape
+    pad_h, pad_w = -height % multiple, -width % multiple
+    padded = np.pad(pixels, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
+    model.eval()
+    logits = model(torch.from_numpy(padded)[None])[0, :, :height, :width]
+    return np.asarray(logits.argmax(dim=0).numpy())
+
+
+def score(
+    predicted: np.ndarray, labels: np.ndarray, classes: Sequence[str]
+) -> tuple[float, dict[str, float | None]]:
+    """Pixel accuracy and per-class IoU over labelled pixels (None for a class never seen)."""
+    keep = labels >= 0
+    truth, guess = labels[keep], predicted[keep]
+    n = len(classes)
+    confusion = np.bincount(truth * n + guess, minlength=n * n).reshape(n, n)
+    accuracy = float(np.trace(confusion) / confusion.sum())
+    iou: dict[str, float | None] = {}
+    for i, name in enumerate(classes):
+        union = confusion[i, :].sum() + confusion[:, i].sum() - confusion[i, i]
+        iou[name] = round(float(confusion[i, i] / union), 4) if union else None
+    return round(accuracy, 4), iou
+
+
+def previous_stage(model: nn.Module, layer: str, in_channels: int) -> str | None:
+    """The last sibling of ``layer`` at the next-shallower stride, if any."""
+    layers = list_layers(model, in_channels=in_channels)
+    target = next(info for info in layers if info.name == layer)
+    parent = layer.rsplit(".", 1)[0] + "."
+    siblings = [
+        info
+        for info in layers
+        if info.name.startswith(parent) and info.depth == target.depth and info.stride < target.stride
+    ]
+    return siblings[-1].name if siblings else None
+
+
+def train(recipe: Recipe, data: Path, steps: int, seed: int, threads: int) -> None:
+    """Train ``recipe``, score it on the held-out block and write its weights and preset."""
+    torch.set_num_threads(threads)
+    seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    scene = recipe.load(data)
+    mean, std = band_stats(scene)
+    pixels = normalise(scene, mean, std)
+    train_pixels = np.ascontiguousarray(pixels[:, :, : scene.split])
+    train_labels = np.ascontiguousarray(scene.labels[:, : scene.split])
+    weights = class_weights(train_labels, len(recipe.classes))
+    print(f"training area {train_labels.shape}, held out {scene.heldout}")
+    print("class weights", dict(zip(recipe.classes, weights.tolist(), strict=True)))
+
+    model = build(recipe)
+    loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=recipe.lr, total_steps=steps, pct_start=0.15
+    )
+    start = time.perf_counter()
+    model.train()
+    running = 0.0
+    for step in range(1, steps + 1):
+        x, y = sample_batch(train_pixels, train_labels, recipe.crop, recipe.batch, rng)
+        loss = loss_fn(model(x), y)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        running += float(loss)
+        if step % 50 == 0 or step == steps:
+            elapsed = time.perf_counter() - start
+            print(f"step {step}/{steps}  loss {running / min(50, step):.4f}  {elapsed:.0f} s")
+            running = 0.0
+    seconds = round(time.perf_counter() - start, 1)
+
+    test_pixels = np.ascontiguousarray(pixels[:, :, scene.split :])
+    test_labels = scene.labels[:, scene.split :]
+    accuracy, iou = score(predict(model, test_pixels), test_labels, recipe.classes)
+    print(f"held-out pixel accuracy {accuracy}, {recipe.focus} IoU {iou[recipe.focus]}")
+    print("per-class IoU", iou)
+
+    checkpoint = CONFIGS / f"{recipe.stem}.safetensors"
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(checkpoint))
+    size = checkpoint.stat().st_size
+    print(f"wrote {checkpoint} ({size / 1e6:.2f} MB)")
+
+    layer = default_layer(model, in_channels=recipe.in_channels)
+    before = previous_stage(model, layer, recipe.in_channels)
+    preset: dict[str, Any] = {
+        "name": recipe.name,
+        "description": recipe.description,
+        "arch": recipe.arch,
+        "encoder": recipe.encoder,
+        "in_channels": recipe.in_channels,
+        "classes": list(recipe.classes),
+        "bands": [list(b) for b in recipe.bands],
+        "normalisation": {"mean": mean, "std": std},
+        "nodata": recipe.nodata,
+        "checkpoint": checkpoint.name,
+        "layer": layer,
+        "method": "gradcam",
+        "options": recipe.options,
+        "rgb": list(recipe.rgb),
+        "metrics": {
+            "heldout": scene.heldout,
+            "heldout_pixel_accuracy": accuracy,
+            f"heldout_{recipe.focus}_iou": iou[recipe.focus],
+            "per_class_iou": iou,
+        },
+        "training": {
+            "seed": seed,
+            "steps": steps,
+            "crop": recipe.crop,
+            "batch": recipe.batch,
+            "lr": recipe.lr,
+            "seconds": seconds,
+        },
+    }
+    command = f"python configs/train_demo.py {recipe_key(recipe)} --data {data} --steps {steps}"
+    header = [
+        f"# Written by: {command} --seed {seed} --threads {threads}",
+        "# Weights: float32 safetensors; data: GRASS GIS nc_spm_08 sample (CC BY-SA 3.0, OSGeo).",
+    ]
+    if before is not None:
+        header.append(f"# Previous encoder stage (a finer-stride target layer): {before}")
+    text = yaml.safe_dump(preset, sort_keys=False, default_flow_style=None, width=100)
+    path = CONFIGS / f"{recipe.stem}.yaml"
+    path.write_text("\n".join(header) + "\n" + text)
+    print(f"wrote {path}; layer {layer} (previous stage {before}); trained in {seconds} s")
+
+
+def recipe_key(recipe: Recipe) -> str:
+    """The subcommand that selects ``recipe``."""
+    return next(key for key, value in RECIPES.items() if value is recipe)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point: one subcommand per recipe."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="recipe", required=True)
+    for key, recipe in RECIPES.items():
+        sub = commands.add_parser(key, help=recipe.description)
+        sub.add_argument("--data", type=Path, default=Path("../shared/data"))
+        sub.add_argument("--steps", type=int, default=recipe.steps)
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    train(RECIPES[args.recipe], args.data, args.steps, args.seed, args.threads)
+
+
+if __name__ == "__main__":
+    main()

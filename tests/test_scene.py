@@ -1,0 +1,201 @@
+"""The scene engine on synthetic scenes: exactness of the decomposition, blending, back-off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+from torch import nn
+
+import geocam.scene
+from geocam import ModelSpec, explain
+from geocam.output import ArraySink
+from geocam.scene import Explanation, Products, ProductSpec, Runtime, Tiling, explain_scene
+from geocam.sources import ArraySource, Grid
+
+GRID_CRS = CRS.from_epsg(32618)
+
+
+class LocalNet(nn.Module):
+    """Purely local (no context beyond its 4x4 cell): tiles see exactly what the scene sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.encoder = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.AvgPool2d(4))
+        self.head = nn.Sequential(nn.Upsample(scale_factor=4), nn.Conv2d(8, 3, 1))
+        with torch.no_grad():  # weights that split the test scene between the classes
+            self.encoder[0].weight.normal_()
+            self.head[1].weight.normal_()
+            self.head[1].bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+SPEC = ModelSpec("local", "none", 3, ("a", "b", "c"), layer="encoder.2")
+
+
+def scene(height: int = 96, width: int = 128, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    smooth = rng.random((3, height // 8, width // 8)).repeat(8, 1).repeat(8, 2)
+    return (smooth + 0.2 * rng.random((3, height, width))).astype(np.float32)
+
+
+def run(
+    model: nn.Module,
+    pixels: np.ndarray,
+    explanation: Explanation,
+    tiling: Tiling,
+    spec: ModelSpec = SPEC,
+    valid: np.ndarray | None = None,
+    products: Products | None = None,
+) -> tuple[dict[str, np.ndarray], geocam.scene.SceneReport]:
+    grid = Grid(GRID_CRS, Affine(10, 0, 500000, 0, -10, 4000000), pixels.shape[2], pixels.shape[1])
+    sinks: dict[str, ArraySink] = {}
+
+    def sink(product: ProductSpec) -> ArraySink:
+        fill = 255 if product.dtype == "uint8" else np.nan
+        bands = 1 if product.name == "classes" else len(product.bands)
+        sinks[product.name] = ArraySink(
+            bands, product.grid.height, product.grid.width, product.dtype, fill
+        )
+        return sinks[product.name]
+
+    report = explain_scene(
+        model, spec, ArraySource(pixels, grid, valid), explanation, sink,
+        tiling=tiling, runtime=Runtime("cpu", progress=False), products=products,
+    )  # fmt: skip
+    return {name: s.data for name, s in sinks.items()}, report
+
+
+def untiled(model: nn.Module, pixels: np.ndarray, method: str, cls: int = 1) -> np.ndarray:
+    result = explain(model, torch.from_numpy(pixels)[None], cls, "encoder.2", method=method)  # type: ignore[arg-type]
+    return result.upsample(pixels.shape[1:]).signed[0, 0].numpy()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "layercam"])
+def test_tiled_scene_equals_untiled_for_a_local_network(method: str) -> None:
+    # With no context beyond a cell, tiling changes nothing the network sees: scene-consistent
+    # weights must reproduce the untiled Grad-CAM exactly, and blending must add no seams.
+    model = LocalNet().eval()
+    pixels = scene()
+    maps, report = run(model, pixels, Explanation(("b",), method=method), Tiling(32, 8))  # type: ignore[arg-type]
+    assert report.tiles == 20 and report.passes == {"gradcam": 2, "gradcam++": 3}.get(method, 1)
+    expected = untiled(model, pixels, method)
+    with torch.no_grad():
+        predicted = (model(torch.from_numpy(pixels)[None]).argmax(1) == 1).sum()
+    assert 0 < report.region_pixels["b"] == predicted < pixels[0].size  # each pixel once
+    assert np.abs(expected).max() > 0.1
+    # the maps match in the interior; at the outer 2 pixels bilinear upsampling clamps at the
+    # tile edge where the untiled map interpolates on
+    inner = (slice(2, -2), slice(2, -2))
+    np.testing.assert_allclose(maps["heatmap"][1][inner], expected[inner], rtol=1e-4, atol=1e-5)
+
+
+def test_per_tile_weights_differ_from_the_scene() -> None:
+    model = LocalNet().eval()
+    pixels = scene()
+    maps, _ = run(model, pixels, Explanation(("b",), weights="tile"), Tiling(32, 8))
+    expected = untiled(model, pixels, "gradcam")
+    assert np.abs(maps["heatmap"][1] - expected).max() > 0.05 * np.abs(expected).max()
+
+
+def test_single_tile_scene_equals_the_engine_on_a_real_network() -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec("Unet", "resnet18", 3, ("a", "b", "c"))
+    model = geocam.build_model(spec)
+    pixels = scene(64, 96)
+    for method in ("gradcam", "hirescam"):
+        maps, report = run(model, pixels, Explanation(("c",), method=method), Tiling(128, 32), spec)  # type: ignore[arg-type]
+        assert report.tiles == 1 and report.layer == "encoder.layer4"
+        result = explain(model, torch.from_numpy(pixels)[None], 2, "encoder.layer4", method=method)  # type: ignore[arg-type]
+        expected = result.upsample((64, 96))
+        np.testing.assert_allclose(maps["heatmap"][1], expected.signed[0, 0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            maps["heatmap"][0], expected.positive[0, 0], rtol=1e-4, atol=1e-5
+        )
+
+
+def test_nodata_is_nan_everywhere_and_never_in_the_region() -> None:
+    model = LocalNet().eval()
+    pixels = scene()
+    valid = np.ones(pixels.shape[1:], dtype=bool)
+    valid[:, :40] = False  # a nodata block covering whole tiles (skipped) and parts of others
+    pixels[:, ~valid] = 1e6  # nodata pixels must not leak into anything
+    maps, report = run(
+        model, pixels, Explanation(("b",), region="all"), Tiling(32, 8), valid=valid,
+        products=Products(probabilities=True, class_map=True),
+    )  # fmt: skip
+    assert report.skipped > 0
+    assert report.region_pixels["b"] == valid.sum()
+    for name in ("heatmap", "probabilities"):
+        assert np.isnan(maps[name][:, ~valid]).all() and np.isfinite(maps[name][:, valid]).all()
+    assert (maps["classes"][0, ~valid] == 255).all() and (maps["classes"][0, valid] < 3).all()
+
+
+def test_native_resolution_block_means() -> None:
+    model = LocalNet().eval()
+    pixels = scene()
+    source, _ = run(model, pixels, Explanation(("b",), method="hirescam"), Tiling(32, 8))
+    native, report = run(
+        model, pixels, Explanation(("b",), method="hirescam"), Tiling(32, 8),
+        products=Products(resolution="native"),
+    )  # fmt: skip
+    assert report.stride == 4 and native["heatmap"].shape == (2, 24, 32)
+    block_means = source["heatmap"].reshape(2, 24, 4, 32, 4).mean(axis=(2, 4))
+    np.testing.assert_allclose(native["heatmap"], block_means, rtol=1e-5, atol=1e-6)
+
+
+def test_probabilities_are_blended_softmax() -> None:
+    model = LocalNet().eval()
+    pixels = scene()
+    maps, _ = run(
+        model, pixels, Explanation(("a", "c")), Tiling(32, 8),
+        products=Products(probabilities=True, class_map=True),
+    )  # fmt: skip
+    with torch.no_grad():
+        logits = model(torch.from_numpy(pixels)[None])[0]
+    probability = torch.softmax(logits, 0).numpy()
+    np.testing.assert_allclose(maps["probabilities"], probability[[0, 2]], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(maps["classes"][0], probability.argmax(0))
+
+
+def test_out_of_memory_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = LocalNet().eval()
+    pixels = scene()
+    real = geocam.scene.layer_gradients
+    seen: list[int] = []
+
+    def fussy(model: nn.Module, images: torch.Tensor, *args: object, **kwargs: object) -> object:
+        seen.append(images.shape[0])
+        if images.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, images, *args, **kwargs)  # type: ignore[arg-type]
+
+    expected, _ = run(model, pixels, Explanation(("b",)), Tiling(32, 8, batch_size=1))
+    monkeypatch.setattr(geocam.scene, "layer_gradients", fussy)
+    maps, report = run(model, pixels, Explanation(("b",)), Tiling(32, 8, batch_size=8))
+    assert report.batch_size == 2 and seen[:3] == [8, 4, 2]
+    np.testing.assert_allclose(maps["heatmap"], expected["heatmap"], rtol=1e-5, atol=1e-6)
+
+
+def test_band_count_mismatch_is_a_clear_error() -> None:
+    with pytest.raises(
+        geocam.GeocamError, match="the sources have 2 band\\(s\\) but the model takes 3"
+    ):
+        run(LocalNet().eval(), scene()[:2], Explanation(("b",)), Tiling(32, 8))
+
+
+def test_all_nodata_scene_is_a_clear_error() -> None:
+    pixels = scene()
+    with pytest.raises(geocam.GeocamError, match="no valid pixels"):
+        run(
+            LocalNet().eval(),
+            pixels,
+            Explanation(("b",)),
+            Tiling(32, 8),
+            valid=np.zeros(pixels.shape[1:], bool),
+        )
