@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -119,7 +120,9 @@ class RasterSource:
         if not path.exists():
             raise GeocamError(f"{path}: no such file")
         try:
-            dataset = rasterio.open(path)
+            with warnings.catch_warnings():  # a missing geotransform is reported below
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                dataset = rasterio.open(path)
         except RasterioIOError as exc:
             raise GeocamError(f"{path}: not a readable raster ({_first_line(exc)})") from None
         self._opened.append(dataset)
