@@ -46,7 +46,8 @@ def test_heatmap_is_aligned_with_the_source(
     out = tmp_path / "heat.tif"
     report = explain_raster(
         shared_data / RALEIGH, out, spec_for(6), Explanation(("a", "c")), model=small_model,
-        tiling=Tiling(256, 64), runtime=QUIET, products=Products(probabilities=True, class_map=True),
+        tiling=Tiling(256, 64), runtime=QUIET,
+        products=Products(probabilities=True, class_map=True),
     )  # fmt: skip
     assert set(report.outputs) == {"heatmap", "probabilities", "classes"}
     with rasterio.open(shared_data / RALEIGH) as src, rasterio.open(out) as heat:
