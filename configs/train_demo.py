@@ -66,7 +66,7 @@ class Recipe:
     options: dict[str, Any] = field(default_factory=dict)
     nodata: float = 0
     steps: int = 600
-    crop: int = 160
+    crop: int = 128
     batch: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -235,7 +235,9 @@ def previous_stage(model: nn.Module, layer: str, in_channels: int) -> str | None
     siblings = [
         info
         for info in layers
-        if info.name.startswith(parent) and info.depth == target.depth and info.stride < target.stride
+        if info.name.startswith(parent)
+        and info.depth == target.depth
+        and info.stride < target.stride
     ]
     return siblings[-1].name if siblings else None
 
@@ -256,7 +258,9 @@ def train(recipe: Recipe, data: Path, steps: int, seed: int, threads: int) -> No
 
     model = build(recipe)
     loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=recipe.lr, total_steps=steps, pct_start=0.15
     )
@@ -270,7 +274,7 @@ def train(recipe: Recipe, data: Path, steps: int, seed: int, threads: int) -> No
         loss.backward()
         optimiser.step()
         schedule.step()
-        running += float(loss)
+        running += loss.item()
         if step % 50 == 0 or step == steps:
             elapsed = time.perf_counter() - start
             print(f"step {step}/{steps}  loss {running / min(50, step):.4f}  {elapsed:.0f} s")
@@ -348,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sub.add_argument("--data", type=Path, default=Path("../shared/data"))
         sub.add_argument("--steps", type=int, default=recipe.steps)
         sub.add_argument("--seed", type=int, default=0)
-        sub.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+        sub.add_argument("--threads", type=int, default=1, help="torch CPU threads (shared CPU: 1)")
     args = parser.parse_args(argv)
     train(RECIPES[args.recipe], args.data, args.steps, args.seed, args.threads)
 

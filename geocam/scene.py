@@ -9,7 +9,8 @@ those of the *whole* scene's region, not of each tile. Pass 1 scores, in every t
 region pixels of that tile's core (the cores partition the scene, so every region pixel counts
 once) and sums the gradients over all of the tile's feature cells; that sum is the gradient
 of the scene's score. Pass 2 forms every tile's map with those global weights, from
-activations kept from pass 1 when they fit the cache budget, else from a new forward pass.
+activations kept from pass 1 when the whole scene's fit the cache budget (decided before pass 1,
+so a large scene never grows memory with its area), else from a new forward pass.
 HiResCAM and LayerCAM are local and need one pass; ``weights="tile"`` keeps per-tile weights.
 """
 
@@ -40,7 +41,7 @@ from geocam.cam import (
 )
 from geocam.device import BatchSizer, Precision, autocast_dtype, resolve_device, to_device
 from geocam.errors import GeocamError
-from geocam.layers import LayerInfo, default_layer, list_layers
+from geocam.layers import LayerInfo, default_layer, list_layers, resolve_layer
 from geocam.models import ModelSpec
 from geocam.output import Band, StripSink
 from geocam.regions import Region
@@ -212,7 +213,9 @@ class _Scene:
         self.class_names = [spec.classes[i] for i in self.classes]
         layers = list_layers(self.model, spec.in_channels)
         self.layer = explanation.layer or spec.layer or default_layer(self.model, spec.in_channels)
-        self.stride = _layer_stride(layers, self.layer)
+        resolve_layer(self.model, self.layer)  # an unknown name fails with suggestions
+        self.layer_info = _layer_info(layers, self.layer)
+        self.stride = int(self.layer_info.stride)
         multiple = int(max(i.stride for i in layers if i.stride == int(i.stride)))
         grid = source.grid
         self.layout = TileLayout.plan(
@@ -332,8 +335,7 @@ class _Scene:
     ) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor] | None]:
         """Pass 1: the scene's channel weights ``(K, C)``; activations kept if they fit."""
         total = torch.zeros(0)
-        cache: dict[tuple[int, int], torch.Tensor] | None = {}
-        budget, used = self.tiling.cache_mb * 2**20, 0
+        cache: dict[tuple[int, int], torch.Tensor] | None = {} if self._cache_fits() else None
         for group in self._groups():
             tiles = [t for t in group if t.pixels is not None]
             outputs = {}
@@ -349,11 +351,8 @@ class _Scene:
                     part = grads.sum(dim=(-2, -1))
                 total = part if total.numel() == 0 else total + part
                 outputs[_key(tile)] = output
-                used += acts.numel() * acts.element_size()
-                if cache is not None and used <= budget:
+                if cache is not None:
                     cache[_key(tile)] = acts.cpu()
-                else:
-                    cache = None
             for tile in group:
                 if tile.pixels is not None:
                     self._add_extras(extras, tile, outputs[_key(tile)])
@@ -365,6 +364,13 @@ class _Scene:
             grid = self.source.grid
             total = total / (grid.height * grid.width / self.stride**2)
         return total, cache
+
+    def _cache_fits(self) -> bool:
+        """Whether every tile's activations (float32 on the host) fit the cache budget."""
+        height, width = self.layout.padded_shape(self.windows[0])
+        cells = -(-height // self.stride) * -(-width // self.stride)
+        needed = len(self.windows) * self.layer_info.channels * cells * 4
+        return needed <= self.tiling.cache_mb * 2**20
 
     def _tile_gradients(
         self, tiles: Sequence[_Tile]
@@ -595,12 +601,12 @@ def _key(tile: _Tile) -> tuple[int, int]:
     return _key_of(tile.window)
 
 
-def _layer_stride(layers: list[LayerInfo], name: str) -> int:
+def _layer_info(layers: list[LayerInfo], name: str) -> LayerInfo:
     for info in layers:
         if info.name == name:
             if info.stride != int(info.stride):
                 raise GeocamError(f"layer {name!r} has a fractional stride ({info.stride})")
-            return int(info.stride)
+            return info
     raise GeocamError(f"layer {name!r} has no spatial output (see geocam.list_layers)")
 
 
