@@ -112,21 +112,24 @@ def _measure(model: nn.Module, dummy: torch.Tensor) -> list[LayerInfo]:
     return list(found.values())
 
 
-def default_layer(model: nn.Module, in_channels: int | None = None) -> str:
+def default_layer(model: nn.Module, in_channels: int | None = None, stage: int = -1) -> str:
     """The encoder's last stage: the shallowest, last-run module at the deepest stride.
 
     Looks under ``encoder.`` when the network has an encoder (all smp networks do), else over
-    all modules. For a ResNet-encoded smp network this is ``encoder.layer4``.
+    all modules. For a ResNet-encoded smp network this is ``encoder.layer4``; ``stage=-2``
+    gives the stage before it (``encoder.layer3``, at half the stride), and so on.
     """
     layers = list_layers(model, in_channels)
     if hasattr(model, "encoder"):
         layers = [info for info in layers if info.name.startswith("encoder.")]
     # a target runs once per pass and keeps a spatial map (not a 1 x 1 squeeze-excite vector)
     layers = [info for info in layers if info.calls == 1 and info.stride < _DRY_RUN_SIZES[0]]
-    if not layers:
+    strides = sorted({info.stride for info in layers})
+    if not strides:
         raise GeocamError("no module with a spatial output found: name the target layer")
-    deepest = max(info.stride for info in layers)
-    candidates = [info for info in layers if info.stride == deepest]
+    if not -len(strides) <= stage < 0:
+        raise GeocamError(f"stage {stage}: the encoder has {len(strides)} stages (-1 is the last)")
+    candidates = [info for info in layers if info.stride == strides[stage]]
     shallowest = min(info.depth for info in candidates)
     return max(
         (info for info in candidates if info.depth == shallowest), key=lambda i: i.order

@@ -58,6 +58,13 @@ def test_default_layer_is_the_encoders_last_stage(arch: str, encoder: str, expec
     assert default_layer(model, in_channels=4) == expected
 
 
+def test_earlier_stages_by_index(unet: nn.Module) -> None:
+    assert default_layer(unet, 4, stage=-2) == "encoder.layer3"
+    assert default_layer(unet, 4, stage=-5) == "encoder.relu"  # the stem's output
+    with pytest.raises(GeocamError, match="stage -6: the encoder has 5 stages"):
+        default_layer(unet, 4, stage=-6)
+
+
 def test_unknown_layer_suggests_close_names(unet: nn.Module) -> None:
     with pytest.raises(
         GeocamError, match=r"unknown layer 'encoder\.layr4'; closest: encoder\.layer4"
