@@ -397,10 +397,13 @@ class _Scene:
                 activations = [cache.pop(_key(t)).to(self.device) for t in tiles]
             else:
                 activations = self._per_tile(tiles, self._activations)
-            for tile, acts in zip(tiles, activations, strict=True):
-                signed = combine(self.explanation.method, acts[None], None, weights[None])[0]
-                self._add_heat(heat, tile, signed)
+            maps = {
+                _key(tile): combine(self.explanation.method, acts[None], None, weights[None])[0]
+                for tile, acts in zip(tiles, activations, strict=True)
+            }
             for tile in group:
+                if tile.pixels is not None:
+                    self._add_heat(heat, tile, maps[_key(tile)])
                 self._flush(tile, heat)
                 bar.update()
 

@@ -199,3 +199,20 @@ def test_all_nodata_scene_is_a_clear_error() -> None:
             Tiling(32, 8),
             valid=np.zeros(pixels.shape[1:], bool),
         )
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+def test_tall_scene_streams_in_strips(method: str) -> None:
+    # taller than a strip plus a tile, so rows are flushed while later tiles (batches that span
+    # tile rows) are still being added
+    model = LocalNet().eval()
+    pixels = scene(1200, 64, seed=1)
+    maps, report = run(
+        model, pixels, Explanation(("b",), method=method), Tiling(32, 8, batch_size=4),  # type: ignore[arg-type]
+        products=Products(probabilities=True),
+    )  # fmt: skip
+    assert report.tiles == 50 * 3
+    expected = untiled(model, pixels, method)
+    inner = (slice(2, -2), slice(2, -2))
+    np.testing.assert_allclose(maps["heatmap"][1][inner], expected[inner], rtol=1e-4, atol=1e-5)
+    assert np.isfinite(maps["probabilities"]).all()
