@@ -70,6 +70,8 @@ class Recipe:
     batch: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    weight_power: float = 0.5
+    """Class weights are ``frequency ** -weight_power`` (0: unweighted, 1: inverse)."""
 
     @property
     def in_channels(self) -> int:
@@ -166,10 +168,10 @@ def normalise(scene: Scene, mean: Sequence[float], std: Sequence[float]) -> np.n
     return np.where(scene.valid, pixels, np.float32(0)).astype(np.float32)
 
 
-def class_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
-    """Inverse square-root frequency weights, mean 1 over the classes present in training."""
+def class_weights(labels: np.ndarray, classes: int, power: float) -> torch.Tensor:
+    """Weights ``frequency ** -power``, mean 1 over the classes present in training."""
     counts = np.bincount(labels[labels >= 0], minlength=classes).astype(np.float64)
-    weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1.0)), 0.0)
+    weights = np.where(counts > 0, np.maximum(counts, 1.0) ** -power, 0.0)
     weights *= (counts > 0).sum() / weights.sum()
     return torch.tensor(weights, dtype=torch.float32)
 
@@ -242,20 +244,15 @@ def previous_stage(model: nn.Module, layer: str, in_channels: int) -> str | None
     return siblings[-1].name if siblings else None
 
 
-def train(recipe: Recipe, data: Path, steps: int, seed: int, threads: int) -> None:
-    """Train ``recipe``, score it on the held-out block and write its weights and preset."""
-    torch.set_num_threads(threads)
+def fit(
+    recipe: Recipe, pixels: np.ndarray, labels: np.ndarray, steps: int, seed: int
+) -> nn.Module:
+    """Train the recipe's network on normalised training ``pixels`` and ``labels``."""
     seed_everything(seed)
     rng = np.random.default_rng(seed)
-    scene = recipe.load(data)
-    mean, std = band_stats(scene)
-    pixels = normalise(scene, mean, std)
-    train_pixels = np.ascontiguousarray(pixels[:, :, : scene.split])
-    train_labels = np.ascontiguousarray(scene.labels[:, : scene.split])
-    weights = class_weights(train_labels, len(recipe.classes))
-    print(f"training area {train_labels.shape}, held out {scene.heldout}")
-    print("class weights", dict(zip(recipe.classes, weights.tolist(), strict=True)))
-
+    weights = class_weights(labels, len(recipe.classes), recipe.weight_power)
+    shown = zip(recipe.classes, weights.tolist(), strict=True)
+    print("class weights", {name: round(w, 3) for name, w in shown})
     model = build(recipe)
     loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
     optimiser = torch.optim.AdamW(
@@ -268,7 +265,7 @@ def train(recipe: Recipe, data: Path, steps: int, seed: int, threads: int) -> No
     model.train()
     running = 0.0
     for step in range(1, steps + 1):
-        x, y = sample_batch(train_pixels, train_labels, recipe.crop, recipe.batch, rng)
+        x, y = sample_batch(pixels, labels, recipe.crop, recipe.batch, rng)
         loss = loss_fn(model(x), y)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -279,6 +276,20 @@ def train(recipe: Recipe, data: Path, steps: int, seed: int, threads: int) -> No
             elapsed = time.perf_counter() - start
             print(f"step {step}/{steps}  loss {running / min(50, step):.4f}  {elapsed:.0f} s")
             running = 0.0
+    return model.eval()
+
+
+def train(recipe: Recipe, data: Path, steps: int, seed: int, threads: int) -> None:
+    """Train ``recipe``, score it on the held-out block and write its weights and preset."""
+    torch.set_num_threads(threads)
+    scene = recipe.load(data)
+    mean, std = band_stats(scene)
+    pixels = normalise(scene, mean, std)
+    train_pixels = np.ascontiguousarray(pixels[:, :, : scene.split])
+    train_labels = np.ascontiguousarray(scene.labels[:, : scene.split])
+    print(f"training area {train_labels.shape}, held out {scene.heldout}")
+    start = time.perf_counter()
+    model = fit(recipe, train_pixels, train_labels, steps, seed)
     seconds = round(time.perf_counter() - start, 1)
 
     test_pixels = np.ascontiguousarray(pixels[:, :, scene.split :])

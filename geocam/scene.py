@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol, TypeAlias, TypeVar
 
@@ -44,6 +44,7 @@ from geocam.errors import GeocamError
 from geocam.layers import LayerInfo, default_layer, list_layers, resolve_layer
 from geocam.models import ModelSpec
 from geocam.output import Band, StripSink
+from geocam.region_sources import open_region
 from geocam.regions import Region
 from geocam.sources import Grid, TileSource, read_ahead
 from geocam.tiling import TileLayout, native_transform
@@ -61,12 +62,18 @@ class RegionSource(Protocol):
         ...
 
 
-SceneRegion: TypeAlias = Literal["predicted", "all"] | RegionSource
+SceneRegion: TypeAlias = str | RegionSource
+"""``predicted``, ``all``, ``mask:PATH``, ``vector:PATH[:LAYER]``,
+``bbox:MINX,MINY,MAXX,MAXY[,CRS]`` (see :mod:`geocam.region_sources`), or any object reading
+region weights per window."""
 
 
 @dataclass(frozen=True)
 class Explanation:
-    """What to explain: classes (names or indexes), method, target layer, region, weights."""
+    """What to explain: classes (names or indexes), method, target layer, region, weights.
+
+    ``where`` (``FIELD=VALUE``) keeps only matching features of a ``vector:`` region.
+    """
 
     classes: tuple[str | int, ...]
     method: Method = "gradcam"
@@ -75,6 +82,7 @@ class Explanation:
     weights: Weights = "scene"
     score: Literal["logits", "probabilities"] = "logits"
     threshold: float | None = None
+    where: str | None = None
     region_name: str = ""  # how the region is described in the outputs' tags
 
     def describe_region(self) -> str:
@@ -189,6 +197,9 @@ class _Scene:
     ) -> None:
         self.spec = spec
         self.source = source
+        if isinstance(explanation.region, str) and explanation.region not in ("predicted", "all"):
+            opened = open_region(explanation.region, source.grid, explanation.where)
+            explanation = replace(explanation, region=opened, region_name=opened.name)
         self.explanation = explanation
         self.tiling = tiling or Tiling()
         self.runtime = runtime or Runtime()
@@ -471,8 +482,10 @@ class _Scene:
         masks = [t.valid & self._core_mask(t) if core else t.valid for t in tiles]
         valid = torch.from_numpy(np.stack(masks)).to(self.device)
         region: Region
-        if isinstance(self.explanation.region, str):
-            region = self.explanation.region
+        if self.explanation.region == "predicted":
+            region = "predicted"
+        elif self.explanation.region == "all":
+            region = "all"
         else:
             region = torch.from_numpy(np.stack([t.region for t in tiles])).to(self.device)  # type: ignore[misc]
         return images, valid, region

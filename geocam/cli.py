@@ -1,0 +1,228 @@
+"""The command line: a few lines of option parsing over each public function.
+
+``geocam explain``, ``geocam layers``, ``geocam info`` and ``geocam models``; the same group is
+the ``rio geocam`` plugin. torch is imported inside the commands, so ``--help`` is instant.
+A user mistake prints one line and exits non-zero (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+class GeocamGroup(click.Group):
+    """A group that turns :class:`GeocamError` into one line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; report user mistakes without a traceback unless ``--debug``."""
+        from geocam.errors import GeocamError
+
+        try:
+            return super().invoke(ctx)
+        except GeocamError as error:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"geocam: error: {error}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            click.echo("geocam: interrupted; nothing was written at the destination", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(
+    name="geocam", cls=GeocamGroup, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="geocam")
+def cli(debug: bool) -> None:
+    """Explain segmentation networks on GeoTIFF scenes with Grad-CAM."""
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--config", "-c", required=True, type=click.Path(path_type=Path), help="Model preset (YAML)."
+)
+@click.option(
+    "--class",
+    "classes",
+    multiple=True,
+    required=True,
+    help="Class name or index to explain; repeat for several.",
+)
+@click.option(
+    "--out", "-o", required=True, type=click.Path(path_type=Path), help="Heatmap GeoTIFF to write."
+)
+@click.option(
+    "--region",
+    default="predicted",
+    show_default=True,
+    help="predicted | all | mask:PATH | vector:PATH[:LAYER] | bbox:MINX,MINY,MAXX,MAXY[,CRS]",
+)
+@click.option("--where", help="FIELD=VALUE filter for a vector region.")
+@click.option(
+    "--method",
+    type=click.Choice(["gradcam", "hirescam", "gradcam++", "layercam"]),
+    help="CAM method [default: the config's].",
+)
+@click.option(
+    "--layer", help="Target layer [default: the config's, else the encoder's last stage]."
+)
+@click.option("--tile", type=int, help="Tile side in pixels [default: the config's, else 512].")
+@click.option(
+    "--overlap", type=int, help="Tile overlap in pixels [default: the config's, else 128]."
+)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N] | mps")
+@click.option(
+    "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True
+)
+@click.option(
+    "--weights",
+    type=click.Choice(["scene", "tile"]),
+    default="scene",
+    show_default=True,
+    help="Channel weights of the whole scene, or of each tile.",
+)
+@click.option(
+    "--resolution",
+    type=click.Choice(["source", "native"]),
+    default="source",
+    show_default=True,
+    help="The source's grid, or the feature map's.",
+)
+@click.option(
+    "--score", type=click.Choice(["logits", "probabilities"]), default="logits", show_default=True
+)
+@click.option(
+    "--nodata", type=float, help="Input nodata value [default: the files', else the config's]."
+)
+@click.option("--probabilities", is_flag=True, help="Also write the class probabilities.")
+@click.option("--class-map", is_flag=True, help="Also write the predicted class map.")
+@click.option("--cog", is_flag=True, help="Write Cloud-Optimized GeoTIFFs.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
+@click.option("--verbose", "-v", is_flag=True, help="Progress bar even when not on a terminal.")
+def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], out: Path,
+            region: str, where: str | None, method: str | None, layer: str | None,
+            tile: int | None, overlap: int | None, batch_size: int, device: str,
+            precision: str, weights: str, resolution: str, score: str, nodata: float | None,
+            probabilities: bool, class_map: bool, cog: bool, overwrite: bool, quiet: bool,
+            verbose: bool) -> None:  # fmt: skip
+    """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
+    from geocam.config import load_config
+    from geocam.raster import explain_raster
+    from geocam.scene import Explanation, Products, Runtime, Tiling
+
+    preset = load_config(config)
+    report = explain_raster(
+        list(sources),
+        out,
+        preset.spec,
+        Explanation(
+            classes=classes,
+            method=method or preset.method,  # type: ignore[arg-type]
+            layer=layer,
+            region=region,
+            where=where,
+            weights=weights,  # type: ignore[arg-type]
+            score=score,  # type: ignore[arg-type]
+        ),
+        tiling=Tiling(
+            tile=tile or preset.tile,
+            overlap=preset.overlap if overlap is None else overlap,
+            batch_size=batch_size,
+        ),
+        runtime=Runtime(
+            device=device,
+            precision=precision,  # type: ignore[arg-type]
+            progress=False if quiet else (True if verbose else None),
+        ),
+        products=Products(
+            resolution=resolution,  # type: ignore[arg-type]
+            probabilities=probabilities,
+            class_map=class_map,
+            cog=cog,
+            overwrite=overwrite,
+        ),
+        nodata=preset.nodata if nodata is None else nodata,
+    )
+    if not quiet:
+        for name, path in report.outputs.items():
+            click.echo(f"{name}: {path}")
+        pixels = ", ".join(f"{k} {v:.0f} px" for k, v in report.region_pixels.items())
+        click.echo(
+            f"layer {report.layer} (stride {report.stride}), {report.tiles} tiles "
+            f"({report.skipped} nodata), {report.passes} pass(es), batch {report.batch_size}, "
+            f"{report.seconds:.1f} s; region: {pixels}"
+        )
+
+
+@cli.command()
+@click.option("--config", "-c", required=True, type=click.Path(path_type=Path))
+def layers(config: Path) -> None:
+    """List candidate target layers: name, type, channels, stride."""
+    from geocam.config import load_config
+    from geocam.layers import default_layer, list_layers
+    from geocam.models import build_model
+
+    preset = load_config(config)
+    model = build_model(preset.spec)
+    default = preset.spec.layer or default_layer(model, preset.spec.in_channels)
+    click.echo(f"{'layer':<48} {'type':<20} {'channels':>8} {'stride':>6}")
+    for info in list_layers(model, preset.spec.in_channels):
+        if info.calls == 1:
+            mark = "  <- default" if info.name == default else ""
+            stride = f"{info.stride:g}"
+            click.echo(f"{info.name:<48} {info.kind:<20} {info.channels:>8} {stride:>6}{mark}")
+
+
+@cli.command()
+@click.argument("output", type=click.Path(path_type=Path))
+def info(output: Path) -> None:
+    """Say what a geocam output holds: classes, method, layer, region, statistics."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    from geocam.errors import GeocamError
+
+    try:
+        with rasterio.open(output) as dataset:
+            tags = dataset.tags()
+            bands = [(d, dataset.tags(i)) for i, d in enumerate(dataset.descriptions, start=1)]
+            size = f"{dataset.width} x {dataset.height}, {dataset.count} band(s), {dataset.crs}"
+    except RasterioIOError:
+        raise GeocamError(f"{output}: not a readable raster") from None
+    if "GEOCAM_METHOD" not in tags:
+        raise GeocamError(f"{output}: not a geocam output (no GEOCAM_* tags)")
+    click.echo(f"{output}: {size}")
+    for key in sorted(k for k in tags if k.startswith("GEOCAM_")):
+        click.echo(f"  {key.removeprefix('GEOCAM_').lower()}: {tags[key]}")
+    for description, band_tags in bands:
+        stats = {k: v for k, v in band_tags.items() if k.startswith(("STATISTICS_", "GEOCAM_P"))}
+        summary = ", ".join(f"{k.split('_')[-1].lower()} {float(v):.4g}" for k, v in stats.items())
+        click.echo(f"  band {description}: {summary}")
+
+
+@cli.command()
+def models() -> None:
+    """List the registered model factories (smp and plugins in the geocam.models group)."""
+    from geocam.models import model_factories
+
+    for name, factory in sorted(model_factories().items()):
+        click.echo(f"{name:<12} {factory.__module__}.{factory.__qualname__}")
+
+
+def main() -> None:
+    """Entry point of the ``geocam`` command."""
+    cli(prog_name="geocam")
+
+
+if __name__ == "__main__":
+    main()
