@@ -1,0 +1,149 @@
+"""The command line end to end on real scenes, reopening every output it writes."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geocam.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+LANDCOVER = ROOT / "configs" / "landcover_raleigh.yaml"
+RALEIGH = "raleigh/nc_lsat7_2000_b123457_uint8.tif"
+ANDROS = "andros/RGB.byte.tif"
+
+TINY_RGB = """
+arch: Unet
+encoder: resnet18
+in_channels: 3
+classes: [land, sea]
+normalisation: {scale: [0.0039, 0.0039, 0.0039], offset: [0, 0, 0]}
+options: {encoder_depth: 3, decoder_channels: [16, 8, 8]}
+tile: 256
+overlap: 64
+"""
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def test_help_is_instant_and_imports_no_torch() -> None:
+    code = "import sys, geocam.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    exit_code, output = invoke("--help")
+    assert exit_code == 0 and "explain" in output and "layers" in output
+
+
+def test_explain_raleigh_with_the_demo_model(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "forest.tif"
+    exit_code, output = invoke(
+        "explain", str(shared_data / RALEIGH), "--config", str(LANDCOVER),
+        "--class", "forest", "--class", "water", "--out", str(out), "--tile", "256",
+        "--overlap", "64", "--class-map",
+    )  # fmt: skip
+    assert exit_code == 0, output
+    assert f"heatmap: {out}" in output and "region: forest" in output
+    with rasterio.open(shared_data / RALEIGH) as src, rasterio.open(out) as heat:
+        assert heat.crs == src.crs and heat.transform == src.transform
+        assert heat.shape == src.shape and heat.count == 4 and math.isnan(heat.nodata)
+        assert heat.descriptions[0] == "forest positive"
+        values = heat.read(1)
+        nodata = src.dataset_mask() == 0
+        assert np.isnan(values[nodata]).all() and np.isfinite(values[~nodata]).all()
+        assert values[~nodata].max() > 0
+    exit_code, output = invoke("info", str(out))
+    assert exit_code == 0 and "method: gradcam" in output and "band forest positive" in output
+
+
+def test_explain_andros_stripped_scene_with_a_bbox(shared_data: Path, tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_RGB)
+    with rasterio.open(shared_data / ANDROS) as src:
+        left, bottom, right, top = src.bounds
+        assert src.block_shapes[0][0] == 3  # stripped layout, three rows a strip
+    box = f"bbox:{left + 30000},{bottom + 30000},{left + 90000},{top - 30000}"
+    out = tmp_path / "andros.tif"
+    exit_code, output = invoke(
+        "explain", str(shared_data / ANDROS), "-c", str(config), "--class", "sea",
+        "--region", box, "--method", "hirescam", "--resolution", "native", "-o", str(out), "-q",
+    )  # fmt: skip
+    assert exit_code == 0, output
+    assert output == ""  # quiet
+    with rasterio.open(shared_data / ANDROS) as src, rasterio.open(out) as heat:
+        assert heat.crs == src.crs
+        assert heat.transform == src.transform @ src.transform.scale(8)
+        assert (heat.width, heat.height) == (math.ceil(src.width / 8), math.ceil(src.height / 8))
+        assert heat.tags()["GEOCAM_REGION"] == box
+        assert heat.tags()["GEOCAM_RESOLUTION"] == "native"
+
+
+def test_vector_region_in_another_crs(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "poly.tif"
+    polygons = shared_data / "raleigh" / "landsat96_polygons.shp"
+    exit_code, output = invoke(
+        "explain", str(shared_data / RALEIGH), "-c", str(LANDCOVER), "--class", "forest",
+        "--region", f"vector:{polygons}", "--method", "layercam", "-o", str(out),
+    )  # fmt: skip
+    assert exit_code == 0, output
+    with rasterio.open(out) as heat:
+        tags = heat.tags()
+        assert tags["GEOCAM_REGION"] == "vector:landsat96_polygons.shp"
+        assert 0 < float(tags["GEOCAM_REGION_PIXELS_FOREST"]) < heat.width * heat.height
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--class", "jungle"], "unknown class 'jungle'"),
+        (["--class", "9"], "class index 9 is out of range"),
+        (["--class", "forest", "--layer", "encoder.nope"], "unknown layer 'encoder.nope'"),
+        (["--class", "forest", "--region", "circle:3"], "--region 'circle:3'"),
+        (["--class", "forest", "--region", "bbox:1,2,3"], "MINX,MINY,MAXX,MAXY"),
+        (["--class", "forest", "--region", "bbox:0,0,10,10"], "outside the scene"),
+        (["--class", "forest", "--device", "cuda:3"], "--device cuda:3"),
+        (["--class", "forest", "--precision", "fp16", "--device", "cpu"], "fp16 needs"),
+        (["--class", "forest", "--overlap", "400", "--tile", "256"], "lower --overlap"),
+    ],
+)
+def test_user_mistakes_exit_with_one_line(
+    shared_data: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "out.tif"
+    exit_code, output = invoke(
+        "explain", str(shared_data / RALEIGH), "-c", str(LANDCOVER), "-o", str(out), *args
+    )
+    assert exit_code == 1
+    assert output.count("\n") == 1 and output.startswith("geocam: error:")
+    assert message in output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_refused(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.tif"
+    out.write_text("keep me")
+    exit_code, output = invoke(
+        "explain", str(shared_data / RALEIGH), "-c", str(LANDCOVER), "--class", "forest",
+        "-o", str(out),
+    )  # fmt: skip
+    assert exit_code == 1 and "--overwrite" in output and out.read_text() == "keep me"
+
+
+def test_layers_and_models() -> None:
+    exit_code, output = invoke("layers", "--config", str(LANDCOVER))
+    assert exit_code == 0 and "<- default" in output
+    exit_code, output = invoke("models")
+    assert exit_code == 0 and output.startswith("smp")
+
+
+def test_rio_plugin_is_registered() -> None:
+    done = subprocess.run(["rio", "geocam", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "explain" in done.stdout
