@@ -68,7 +68,7 @@ def test_explain_andros_stripped_scene_with_a_bbox(shared_data: Path, tmp_path: 
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_RGB)
     with rasterio.open(shared_data / ANDROS) as src:
-        left, bottom, right, top = src.bounds
+        left, bottom, _, top = src.bounds
         assert src.block_shapes[0][0] == 3  # stripped layout, three rows a strip
     box = f"bbox:{left + 30000},{bottom + 30000},{left + 90000},{top - 30000}"
     out = tmp_path / "andros.tif"
