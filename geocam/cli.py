@@ -106,6 +106,21 @@ def cli(debug: bool) -> None:
 @click.option("--probabilities", is_flag=True, help="Also write the class probabilities.")
 @click.option("--class-map", is_flag=True, help="Also write the predicted class map.")
 @click.option("--cog", is_flag=True, help="Write Cloud-Optimized GeoTIFFs.")
+@click.option(
+    "--qml/--no-qml",
+    default=True,
+    show_default=True,
+    help="QGIS style beside the heatmap (applied by QGIS on load).",
+)
+@click.option("--overlay", is_flag=True, help="Also write an RGBA overlay GeoTIFF.")
+@click.option("--quicklook", is_flag=True, help="Also write a PNG quicklook.")
+@click.option("--hotspots", is_flag=True, help="Also write hotspot polygons (GeoPackage).")
+@click.option(
+    "--hotspot-threshold",
+    default="p95",
+    show_default=True,
+    help="pNN (percentile of the positive map) or otsu.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option("--verbose", "-v", is_flag=True, help="Progress bar even when not on a terminal.")
@@ -113,14 +128,21 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
             region: str, where: str | None, method: str | None, layer: str | None,
             tile: int | None, overlap: int | None, batch_size: int, device: str,
             precision: str, weights: str, resolution: str, score: str, nodata: float | None,
-            probabilities: bool, class_map: bool, cog: bool, overwrite: bool, quiet: bool,
-            verbose: bool) -> None:  # fmt: skip
+            probabilities: bool, class_map: bool, cog: bool, qml: bool, overlay: bool,
+            quicklook: bool, hotspots: bool, hotspot_threshold: str, overwrite: bool,
+            quiet: bool, verbose: bool) -> None:  # fmt: skip
     """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
     from geocam.config import load_config
+    from geocam.output import check_destination
+    from geocam.products import GisOptions, gis_paths, region_outline, write_gis_products
     from geocam.raster import explain_raster
     from geocam.scene import Explanation, Products, Runtime, Tiling
 
     preset = load_config(config)
+    gis = GisOptions(qml, overlay, quicklook, hotspots, hotspot_threshold)
+    for path in gis_paths(out, gis).values():
+        check_destination(path, overwrite)
+    class_map = class_map or (quicklook and region == "predicted")  # the quicklook's outline
     report = explain_raster(
         list(sources),
         out,
@@ -152,6 +174,12 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
             overwrite=overwrite,
         ),
         nodata=preset.nodata if nodata is None else nodata,
+    )
+    outline = region_outline(
+        region, where, report.outputs.get("classes"), preset.spec.class_index(classes[0])
+    )
+    report.outputs |= write_gis_products(
+        out, sources[0], gis, rgb=preset.rgb or (1, 2, 3), region=outline, overwrite=overwrite
     )
     if not quiet:
         for name, path in report.outputs.items():

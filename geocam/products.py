@@ -1,0 +1,370 @@
+"""GIS products made from a heatmap GeoTIFF: QGIS style, RGBA overlay, quicklook, hotspots.
+
+Each is written to a partial file beside its destination and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.features import rasterize, shapes
+from rasterio.windows import Window
+
+from geocam.errors import GeocamError
+from geocam.output import BLOCK, check_destination
+from geocam.sources import Grid
+
+COLORMAP = "inferno"
+
+
+@contextlib.contextmanager
+def atomic(path: Path, overwrite: bool) -> Iterator[Path]:
+    """A partial path to write to, renamed to ``path`` on success and removed on failure."""
+    check_destination(path, overwrite)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+
+
+def display_range(heatmap: rasterio.io.DatasetReader, band: int) -> tuple[float, float]:
+    """0 to the 99th percentile of the band (from its statistics tags), for a steady ramp."""
+    tags = heatmap.tags(band)
+    high = float(tags.get("GEOCAM_P99", tags.get("STATISTICS_MAXIMUM", "1")))
+    if not np.isfinite(high) or high <= 0:
+        high = float(tags.get("STATISTICS_MAXIMUM", "1")) or 1.0
+    return 0.0, high if high > 0 else 1.0
+
+
+def ramp(count: int = 6) -> list[tuple[float, tuple[int, int, int]]]:
+    """``count`` stops of the colour map as (position 0..1, RGB)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps[COLORMAP]
+    stops = []
+    for position in np.linspace(0, 1, count):
+        r, g, b = (round(255 * float(c)) for c in cmap(position)[:3])
+        stops.append((float(position), (r, g, b)))
+    return stops
+
+
+def write_qml(heatmap_path: Path, band: int = 1, overwrite: bool = False) -> Path:
+    """A QGIS style (``NAME.qml`` beside ``NAME.tif``, applied by QGIS on load) for ``band``."""
+    with rasterio.open(heatmap_path) as heatmap:
+        low, high = display_range(heatmap, band)
+        description = heatmap.descriptions[band - 1] or f"band {band}"
+    items = "".join(
+        f'<item alpha="255" value="{low + s * (high - low):.6g}" '
+        f'label="{low + s * (high - low):.4g}" color="#{r:02x}{g:02x}{b:02x}"/>'
+        for s, (r, g, b) in ramp()
+    )
+    qml = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.28" styleCategories="AllStyleCategories">
+  <pipe>
+    <rasterrenderer type="singlebandpseudocolor" band="{band}" opacity="0.75"
+        alphaBand="-1" classificationMin="{low:.6g}" classificationMax="{high:.6g}"
+        nodataColor="">
+      <rasterTransparency/>
+      <minMaxOrigin><limits>None</limits><extent>WholeRaster</extent></minMaxOrigin>
+      <rastershader>
+        <colorrampshader colorRampType="INTERPOLATED" classificationMode="2" clip="0"
+            minimumValue="{low:.6g}" maximumValue="{high:.6g}" labelPrecision="4">
+          {items}
+        </colorrampshader>
+      </rastershader>
+    </rasterrenderer>
+    <brightnesscontrast brightness="0" contrast="0"/>
+  </pipe>
+  <layerMetadata><abstract>geocam: {description}</abstract></layerMetadata>
+  <blendMode>0</blendMode>
+</qgis>
+"""
+    path = heatmap_path.with_suffix(".qml")
+    with atomic(path, overwrite) as partial:
+        partial.write_text(qml, encoding="utf-8")
+    return path
+
+
+def write_overlay(heatmap_path: Path, out: Path, band: int = 1, overwrite: bool = False) -> Path:
+    """An RGBA GeoTIFF of ``band`` coloured with the ramp, transparent where cold or nodata."""
+    from matplotlib import colormaps
+
+    cmap = colormaps[COLORMAP]
+    with rasterio.open(heatmap_path) as heatmap, atomic(out, overwrite) as partial:
+        low, high = display_range(heatmap, band)
+        profile = {
+            "driver": "GTiff", "width": heatmap.width, "height": heatmap.height, "count": 4,
+            "dtype": "uint8", "crs": heatmap.crs, "transform": heatmap.transform,
+            "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate",
+            "photometric": "RGB", "BIGTIFF": "IF_SAFER",
+        }  # fmt: skip
+        with rasterio.open(partial, "w", **profile) as dst:
+            dst.colorinterp = [
+                rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
+                rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha,
+            ]  # fmt: skip
+            for row in range(0, heatmap.height, BLOCK):
+                window = Window(0, row, heatmap.width, min(BLOCK, heatmap.height - row))
+                values = heatmap.read(band, window=window)
+                scaled = np.clip((np.nan_to_num(values, nan=low) - low) / (high - low), 0, 1)
+                rgba = (cmap(scaled) * 255).astype(np.uint8)
+                rgba[..., 3] = np.where(np.isfinite(values), (255 * np.sqrt(scaled)), 0)
+                dst.write(np.moveaxis(rgba, -1, 0), window=window)
+    return out
+
+
+def cam_resolution_read(
+    heatmap: rasterio.io.DatasetReader, band: int, max_side: int | None = None
+) -> tuple[np.ndarray, Affine]:
+    """``band`` averaged onto the CAM's own grid (its layer's stride) or at most ``max_side``."""
+    stride = int(heatmap.tags().get("GEOCAM_LAYER_STRIDE", "1"))
+    if heatmap.tags().get("GEOCAM_RESOLUTION") == "native":
+        stride = 1
+    factor = max(stride, 1)
+    if max_side is not None:
+        factor = max(1, int(np.ceil(max(heatmap.width, heatmap.height) / max_side)))
+    height, width = -(-heatmap.height // factor), -(-heatmap.width // factor)
+    values = heatmap.read(band, out_shape=(height, width), resampling=Resampling.average)
+    transform = heatmap.transform * Affine.scale(heatmap.width / width, heatmap.height / height)
+    return values, transform
+
+
+def hotspot_threshold(values: np.ndarray, rule: str) -> float:
+    """The heat above which a cell is a hotspot: ``pNN`` (a percentile) or ``otsu``."""
+    finite = values[np.isfinite(values) & (values > 0)]
+    if finite.size == 0:
+        raise GeocamError("no positive heat in the map: no hotspots to outline")
+    if rule == "otsu":
+        return otsu(finite)
+    if rule.startswith("p") and rule[1:].replace(".", "", 1).isdigit():
+        percentile = float(rule[1:])
+        if 0 < percentile < 100:
+            return float(np.percentile(finite, percentile))
+    raise GeocamError(f"--hotspot-threshold {rule!r}: use pNN (e.g. p95) or otsu")
+
+
+def otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold: the cut that maximises the between-class variance of ``values``."""
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    mean_low = np.cumsum(counts * centres) / np.maximum(weight_low, 1)
+    total = (counts * centres).sum()
+    mean_high = (total - np.cumsum(counts * centres)) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[1:][int(np.argmax(between[:-1]))])
+
+
+def write_hotspots(
+    heatmap_path: Path,
+    out: Path,
+    band: int = 1,
+    rule: str = "p95",
+    overwrite: bool = False,
+) -> Path:
+    """Polygons where ``band`` exceeds the threshold, at the CAM's own resolution.
+
+    Each polygon carries its area (in the CRS's square units), mean and max heat and the class;
+    written as GeoPackage (``.gpkg``) or GeoJSON (``.geojson``) in the heatmap's CRS.
+    """
+    import fiona  # type: ignore[import-untyped]
+
+    driver = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}.get(out.suffix.lower())
+    if driver is None:
+        raise GeocamError(f"--hotspots {out}: use a .gpkg or .geojson file name")
+    with rasterio.open(heatmap_path) as heatmap:
+        values, transform = cam_resolution_read(heatmap, band)
+        crs = heatmap.crs
+        klass = heatmap.tags(band).get("CLASS", "")
+    threshold = hotspot_threshold(values, rule)
+    hot = np.isfinite(values) & (values >= threshold)
+    geometries = [g for g, _ in shapes(hot.astype(np.uint8), mask=hot, transform=transform)]
+    labels = rasterize(
+        [(g, i) for i, g in enumerate(geometries, start=1)],
+        out_shape=values.shape, transform=transform, dtype="int32",
+    )  # fmt: skip
+    heat = np.where(hot, values, 0.0)
+    cells = np.bincount(labels.ravel(), minlength=len(geometries) + 1)
+    sums = np.bincount(labels.ravel(), weights=heat.ravel(), minlength=len(geometries) + 1)
+    peaks = np.zeros(len(geometries) + 1)
+    np.maximum.at(peaks, labels.ravel(), heat.ravel())
+    cell_area = abs(transform.a * transform.e - transform.b * transform.d)
+    features = [
+        {
+            "geometry": geometry,
+            "properties": {
+                "id": i, "class": klass, "area": float(cells[i] * cell_area),
+                "mean_heat": float(sums[i] / max(cells[i], 1)), "max_heat": float(peaks[i]),
+                "threshold": threshold,
+            },
+        }
+        for i, geometry in enumerate(geometries, start=1)
+    ]  # fmt: skip
+    schema = {
+        "geometry": "Polygon",
+        "properties": {"id": "int", "class": "str", "area": "float", "mean_heat": "float",
+                       "max_heat": "float", "threshold": "float"},
+    }  # fmt: skip
+    with (
+        atomic(out, overwrite) as partial,
+        fiona.open(
+            partial, "w", driver=driver, crs=crs.to_wkt(), schema=schema, layer="hotspots"
+        ) as sink,
+    ):
+        sink.writerecords(features)
+    return out
+
+
+def write_quicklook(
+    heatmap_path: Path,
+    source: Path,
+    out: Path,
+    *,
+    rgb: Sequence[int] = (1, 2, 3),
+    band: int = 1,
+    region: np.ndarray | None = None,
+    overwrite: bool = False,
+    max_side: int = 1200,
+) -> Path:
+    """A PNG of the source as an RGB composite with the heatmap over it.
+
+    With a colour bar, the region's outline (``region``: a mask on the quicklook's grid) and a
+    title naming class, method, layer and region.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with rasterio.open(heatmap_path) as heatmap:
+        heat, _ = cam_resolution_read(heatmap, band, max_side)
+        tags = heatmap.tags()
+        low, high = display_range(heatmap, band)
+        description = heatmap.descriptions[band - 1] or ""
+    shape = heat.shape
+    with rasterio.open(source) as src:
+        bad = [b for b in rgb if not 1 <= b <= src.count]
+        if bad:
+            raise GeocamError(f"rgb bands {bad} do not exist in {source} ({src.count} bands)")
+        composite = src.read(list(rgb), out_shape=(len(rgb), *shape), resampling=Resampling.average)
+        valid = src.dataset_mask(out_shape=shape) > 0
+    image = stretch(composite.astype(np.float32), valid)
+    figure, axes = plt.subplots(figsize=(9, 9 * shape[0] / shape[1] + 0.6), dpi=110)
+    axes.imshow(image)
+    shown = np.ma.masked_where(~np.isfinite(heat) | (heat <= low), heat)
+    layer = axes.imshow(shown, cmap=COLORMAP, vmin=low, vmax=high, alpha=0.6)
+    if region is not None and region.any():
+        axes.contour(region.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+    figure.colorbar(layer, ax=axes, fraction=0.035, pad=0.02, label=f"{description} (raw)")
+    axes.set_title(
+        f"{tags.get('GEOCAM_CLASSES', '')}: {tags.get('GEOCAM_METHOD', '')} at "
+        f"{tags.get('GEOCAM_LAYER', '')}, region {tags.get('GEOCAM_REGION', '')}",
+        fontsize=10,
+    )
+    axes.set_axis_off()
+    with atomic(out, overwrite) as partial:
+        figure.savefig(partial, format="png", bbox_inches="tight")
+    plt.close(figure)
+    return out
+
+
+def stretch(composite: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """A 2-98 % percentile stretch of each band to 0..1; nodata white."""
+    out = np.ones((*composite.shape[1:], 3), dtype=np.float32)
+    for i, band in enumerate(composite[:3]):
+        values = band[valid]
+        low, high = np.percentile(values, [2, 98]) if values.size else (0.0, 1.0)
+        out[..., i] = np.where(valid, np.clip((band - low) / max(high - low, 1e-6), 0, 1), 1)
+    return out
+
+
+@dataclass(frozen=True)
+class GisOptions:
+    """Which GIS products to make from a heatmap, and how."""
+
+    qml: bool = True
+    overlay: bool = False
+    quicklook: bool = False
+    hotspots: bool = False
+    hotspot_threshold: str = "p95"
+    band: int = 1
+
+
+def gis_paths(heatmap: Path, options: GisOptions) -> dict[str, Path]:
+    """Where each requested product goes, beside the heatmap."""
+    paths = {
+        "qml": heatmap.with_suffix(".qml"),
+        "overlay": heatmap.with_name(f"{heatmap.stem}_overlay.tif"),
+        "quicklook": heatmap.with_suffix(".png"),
+        "hotspots": heatmap.with_name(f"{heatmap.stem}_hotspots.gpkg"),
+    }
+    return {name: path for name, path in paths.items() if getattr(options, name)}
+
+
+def write_gis_products(
+    heatmap: Path,
+    source: Path,
+    options: GisOptions,
+    *,
+    rgb: Sequence[int] = (1, 2, 3),
+    region: Callable[[Grid], np.ndarray] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Make every product ``options`` asks for; ``region`` reads the quicklook's outline."""
+    paths = gis_paths(heatmap, options)
+    band = options.band
+    if "qml" in paths:
+        write_qml(heatmap, band, overwrite)
+    if "overlay" in paths:
+        write_overlay(heatmap, paths["overlay"], band, overwrite)
+    if "hotspots" in paths:
+        write_hotspots(heatmap, paths["hotspots"], band, options.hotspot_threshold, overwrite)
+    if "quicklook" in paths:
+        outline = None
+        if region is not None:
+            with rasterio.open(heatmap) as dataset:
+                values, transform = cam_resolution_read(dataset, band, 1200)
+                grid = Grid(dataset.crs, transform, values.shape[1], values.shape[0])
+            outline = region(grid)
+        write_quicklook(
+            heatmap, source, paths["quicklook"], rgb=rgb, band=band, region=outline,
+            overwrite=overwrite,
+        )  # fmt: skip
+    return paths
+
+
+def region_outline(
+    region: str, where: str | None, class_map: Path | None, class_index: int
+) -> Callable[[Grid], np.ndarray] | None:
+    """A reader of the explained region on a quicklook's grid (None for the whole scene)."""
+    if region == "all":
+        return None
+    if region == "predicted":
+        if class_map is None:
+            return None
+
+        def predicted(grid: Grid) -> np.ndarray:
+            with rasterio.open(class_map) as dataset:
+                classes = dataset.read(1, out_shape=(grid.height, grid.width))
+            return np.asarray(classes == class_index)
+
+        return predicted
+
+    def opened(grid: Grid) -> np.ndarray:
+        from geocam.region_sources import open_region
+
+        return open_region(region, grid, where).read(Window(0, 0, grid.width, grid.height)) > 0
+
+    return opened

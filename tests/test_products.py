@@ -1,0 +1,129 @@
+"""GIS products from a real run, opened with rasterio, fiona and GDAL's own gdalinfo."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import fiona
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geocam.cli import cli
+from geocam.products import otsu
+
+ROOT = Path(__file__).resolve().parents[1]
+LANDCOVER = ROOT / "configs" / "landcover_raleigh.yaml"
+SCENE = ROOT / "geocam" / "data" / "raleigh_lsat7_2000.tif"
+
+
+@pytest.fixture(scope="module")
+def products(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("products")
+    result = CliRunner().invoke(cli, [
+        "explain", str(SCENE), "-c", str(LANDCOVER), "--class", "forest", "-o",
+        str(folder / "forest.tif"), "--tile", "256", "--overlap", "64", "--quicklook",
+        "--overlay", "--hotspots", "--probabilities",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def gdalinfo(path: Path) -> dict:  # type: ignore[type-arg]
+    if shutil.which("gdalinfo") is None:
+        pytest.skip("gdalinfo (Debian's gdal-bin) is not installed")
+    done = subprocess.run(["gdalinfo", "-json", "-mdd", "all", str(path)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    info: dict = json.loads(done.stdout)  # type: ignore[type-arg]
+    return info
+
+
+def test_heatmap_through_gdalinfo(products: Path) -> None:
+    info = gdalinfo(products / "forest.tif")
+    with rasterio.open(SCENE) as src:
+        assert info["size"] == [src.width, src.height]
+        assert info["geoTransform"] == list(src.transform.to_gdal())
+        assert rasterio.crs.CRS.from_wkt(info["coordinateSystem"]["wkt"]) == src.crs
+    bands = info["bands"]
+    assert [b["description"] for b in bands] == ["forest positive", "forest signed"]
+    assert all(b["type"] == "Float32" and b["noDataValue"] == "NaN" for b in bands)
+    assert bands[0]["block"] == [512, 512]
+    assert info["metadata"][""]["GEOCAM_METHOD"] == "gradcam"
+    assert info["metadata"]["IMAGE_STRUCTURE"]["COMPRESSION"] == "ZSTD"
+
+
+def test_probabilities_through_gdalinfo(products: Path) -> None:
+    info = gdalinfo(products / "forest_probability.tif")
+    assert info["bands"][0]["description"] == "forest probability"
+    with rasterio.open(products / "forest_probability.tif") as probs:
+        values = probs.read(1)
+        finite = values[np.isfinite(values)]
+        assert finite.min() >= 0 and finite.max() <= 1
+
+
+def test_qml_sidecar(products: Path) -> None:
+    root = ElementTree.parse(products / "forest.qml").getroot()
+    renderer = root.find("pipe/rasterrenderer")
+    assert renderer is not None and renderer.get("type") == "singlebandpseudocolor"
+    items = root.findall(".//colorrampshader/item")
+    values = [float(item.get("value", "nan")) for item in items]
+    with rasterio.open(products / "forest.tif") as heat:
+        p99 = float(heat.tags(1)["GEOCAM_P99"])
+    assert values[0] == 0 and values[-1] == pytest.approx(p99, rel=1e-4)
+    assert values == sorted(values) and len(items) == 6
+
+
+def test_rgba_overlay(products: Path) -> None:
+    with rasterio.open(products / "forest_overlay.tif") as overlay, rasterio.open(SCENE) as src:
+        assert overlay.count == 4 and overlay.dtypes[0] == "uint8"
+        assert overlay.crs == src.crs and overlay.transform == src.transform
+        assert overlay.colorinterp[3].name == "alpha"
+        alpha = overlay.read(4)
+        assert (alpha[src.dataset_mask() == 0] == 0).all() and alpha.max() == 255
+    info = gdalinfo(products / "forest_overlay.tif")
+    assert [b["colorInterpretation"] for b in info["bands"]] == ["Red", "Green", "Blue", "Alpha"]
+
+
+def test_hotspots(products: Path) -> None:
+    with rasterio.open(products / "forest.tif") as heat:
+        crs = heat.crs
+        bounds = heat.bounds
+    with fiona.open(products / "forest_hotspots.gpkg", layer="hotspots") as hotspots:
+        assert rasterio.crs.CRS.from_wkt(hotspots.crs_wkt) == crs
+        features = list(hotspots)
+    assert features
+    threshold = features[0].properties["threshold"]
+    for feature in features:
+        props = feature.properties
+        assert props["class"] == "forest" and props["area"] > 0
+        assert threshold <= props["mean_heat"] <= props["max_heat"]
+        xs, ys = zip(*feature.geometry.coordinates[0], strict=True)
+        assert bounds.left <= min(xs) and max(xs) <= bounds.right
+        assert bounds.bottom <= min(ys) and max(ys) <= bounds.top
+    # polygons follow the CAM's own cells: the scene on a grid of stride-32 cells
+    cell = (
+        (bounds.right - bounds.left)
+        / math.ceil(489 / 32)
+        * (bounds.top - bounds.bottom)
+        / (math.ceil(443 / 32))
+    )
+    total = sum(f.properties["area"] for f in features)
+    assert math.isclose(total / cell, round(total / cell), rel_tol=1e-9)
+
+
+def test_quicklook_png(products: Path) -> None:
+    from PIL import Image
+
+    with Image.open(products / "forest.png") as image:
+        assert image.format == "PNG" and image.width > 500 and image.height > 400
+
+
+def test_otsu_by_hand() -> None:
+    values = np.concatenate([np.full(100, 1.0), np.full(100, 5.0)])
+    assert 1.0 <= otsu(values) < 5.0
