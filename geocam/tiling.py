@@ -63,6 +63,15 @@ class TileLayout:
             raise GeocamError(f"overlap ({self.overlap}) must be at least 0: raise --overlap")
         if self.margin < 0:
             raise GeocamError(f"margin ({self.margin}) must be at least 0")
+        if self.overlap < self.tile and (self.tile - self.overlap) % self.multiple:
+            stride = self.tile - self.overlap
+            low = self.tile - -(-stride // self.multiple) * self.multiple
+            options = " or ".join(str(o) for o in (low, low + self.multiple) if o >= 0)
+            raise GeocamError(
+                f"tile - overlap ({self.tile} - {self.overlap}) must be a multiple of the "
+                f"network's {self.multiple} px so tiles share its cell grid: use --overlap "
+                f"{options}"
+            )
         if self.overlap >= self.tile:
             raise GeocamError(
                 f"overlap ({self.overlap}) must be smaller than the tile ({self.tile}): "
@@ -99,20 +108,28 @@ class TileLayout:
         """Tile offsets along an axis of ``length`` pixels: strictly increasing, covering it.
 
         ``0, stride, 2 * stride, ...`` while the tile ends inside the axis, then one last tile
-        snapped to the edge (``length - tile``) so no tile sticks out; ``[0]`` if one tile does.
+        snapped to the edge: ``length - tile`` rounded up to the network's multiple, so that
+        every tile's feature cells lie on the scene's cell grid (tiles then agree on what a
+        cell is). That last tile sticks out by less than the multiple and is reflect-padded.
+        ``[0]`` if one tile covers the axis.
         """
-        return list(_axis_offsets(length, self.tile, self.stride))
+        return list(_axis_offsets(length, self.tile, self.stride, self.multiple))
 
     def windows(self) -> list[Window]:
-        """All tile windows, row-major, each clipped to the scene (only a small scene clips)."""
+        """All tile windows, row-major, clipped to the scene (the last row and column clip)."""
         return [window for group in self.row_groups() for window in group]
 
     def row_groups(self) -> list[list[Window]]:
         """The windows grouped by tile-row (same ``row_off``), top to bottom."""
-        tile_h, tile_w = min(self.tile, self.height), min(self.tile, self.width)
         cols = self.offsets(self.width)
         return [
-            [Window(col, row, tile_w, tile_h) for col in cols] for row in self.offsets(self.height)
+            [
+                Window(
+                    col, row, min(self.tile, self.width - col), min(self.tile, self.height - row)
+                )
+                for col in cols
+            ]
+            for row in self.offsets(self.height)
         ]
 
     def rows_final_after(self, group_index: int) -> int:
@@ -144,8 +161,12 @@ class TileLayout:
         be added up. The 1-D weights are cached, so this is cheap to call per tile.
         """
         row_index, col_index = self._tile_index(window)
-        rows = _axis_weights(self.height, self.tile, self.stride, self.margin)[row_index]
-        cols = _axis_weights(self.width, self.tile, self.stride, self.margin)[col_index]
+        rows = _axis_weights(self.height, self.tile, self.stride, self.multiple, self.margin)[
+            row_index
+        ]
+        cols = _axis_weights(self.width, self.tile, self.stride, self.multiple, self.margin)[
+            col_index
+        ]
         return np.outer(rows, cols).astype(np.float32)
 
     def core(self, window: Window) -> Window:
@@ -155,22 +176,22 @@ class TileLayout:
         every scene pixel exactly once. Neighbouring cores meet halfway across their overlap.
         """
         row_index, col_index = self._tile_index(window)
-        row_bounds = _axis_core_bounds(self.height, self.tile, self.stride)
-        col_bounds = _axis_core_bounds(self.width, self.tile, self.stride)
+        row_bounds = _axis_core_bounds(self.height, self.tile, self.stride, self.multiple)
+        col_bounds = _axis_core_bounds(self.width, self.tile, self.stride, self.multiple)
         row_start, row_stop = row_bounds[row_index], row_bounds[row_index + 1]
         col_start, col_stop = col_bounds[col_index], col_bounds[col_index + 1]
         return Window(col_start, row_start, col_stop - col_start, row_stop - row_start)
 
     def _tile_index(self, window: Window) -> tuple[int, int]:
         """The (tile-row, tile-column) index of one of this layout's windows."""
-        rows = _axis_offsets(self.height, self.tile, self.stride)
-        cols = _axis_offsets(self.width, self.tile, self.stride)
+        rows = _axis_offsets(self.height, self.tile, self.stride, self.multiple)
+        cols = _axis_offsets(self.width, self.tile, self.stride, self.multiple)
         row, col = int(window.row_off), int(window.col_off)
         if (
             row not in rows
             or col not in cols
-            or int(window.height) != min(self.tile, self.height)
-            or int(window.width) != min(self.tile, self.width)
+            or int(window.height) != min(self.tile, self.height - row)
+            or int(window.width) != min(self.tile, self.width - col)
         ):
             raise ValueError(f"{window} is not a window of {self}")
         return rows.index(row), cols.index(col)
@@ -197,22 +218,25 @@ def _check_positive(value: int, name: str, fix: str) -> None:
 
 
 @lru_cache(maxsize=256)
-def _axis_offsets(length: int, tile: int, stride: int) -> tuple[int, ...]:
+def _axis_offsets(length: int, tile: int, stride: int, multiple: int) -> tuple[int, ...]:
     """Tile offsets along one axis (see :meth:`TileLayout.offsets`)."""
     if length <= tile:
         return (0,)
     offsets = list(range(0, length - tile, stride))  # every offset with offset + tile < length
-    offsets.append(length - tile)
+    offsets.append(-(-(length - tile) // multiple) * multiple)  # the edge, on the cell grid
     return tuple(offsets)
 
 
-def _axis_ends(length: int, tile: int, stride: int) -> list[int]:
+def _axis_ends(length: int, tile: int, stride: int, multiple: int) -> list[int]:
     """Tile ends (exclusive) along one axis, clipped to the axis."""
-    return [min(offset + tile, length) for offset in _axis_offsets(length, tile, stride)]
+    offsets = _axis_offsets(length, tile, stride, multiple)
+    return [min(offset + tile, length) for offset in offsets]
 
 
 @lru_cache(maxsize=256)
-def _axis_weights(length: int, tile: int, stride: int, margin: int = 0) -> tuple[np.ndarray, ...]:
+def _axis_weights(
+    length: int, tile: int, stride: int, multiple: int, margin: int = 0
+) -> tuple[np.ndarray, ...]:
     """Normalised 1-D blend weights of every tile along one axis (read-only float64 arrays).
 
     Raw weights are 1 with a ramp ``0.5 - 0.5 cos(pi (j + 0.5) / L)`` up over the ``L`` pixels
@@ -223,8 +247,8 @@ def _axis_weights(length: int, tile: int, stride: int, margin: int = 0) -> tuple
     down ramps over one overlap sum to one; dividing by the per-position sum of raw weights
     makes that exact everywhere, also where the snapped last tile makes three tiles overlap.
     """
-    offsets = _axis_offsets(length, tile, stride)
-    ends = _axis_ends(length, tile, stride)
+    offsets = _axis_offsets(length, tile, stride, multiple)
+    ends = _axis_ends(length, tile, stride, multiple)
     raws: list[np.ndarray] = []
     total = np.zeros(length)
     for i, (start, stop) in enumerate(zip(offsets, ends, strict=True)):
@@ -253,12 +277,12 @@ def _ramp_up(length: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def _axis_core_bounds(length: int, tile: int, stride: int) -> tuple[int, ...]:
+def _axis_core_bounds(length: int, tile: int, stride: int, multiple: int) -> tuple[int, ...]:
     """Core boundaries along one axis: core ``i`` is ``[bounds[i], bounds[i + 1])``.
 
     ``0``, then halfway (rounded down) across each overlap, then ``length``.
     """
-    offsets = _axis_offsets(length, tile, stride)
-    ends = _axis_ends(length, tile, stride)
+    offsets = _axis_offsets(length, tile, stride, multiple)
+    ends = _axis_ends(length, tile, stride, multiple)
     middle = [(offsets[i] + ends[i - 1]) // 2 for i in range(1, len(offsets))]
     return (0, *middle, length)

@@ -35,40 +35,43 @@ def column_weights(width: int, tile: int, overlap: int) -> list[np.ndarray]:
 def test_offsets_by_hand() -> None:
     layout = TileLayout.plan(1000, 1000, 512, 128)
     assert layout.stride == 384
-    assert layout.offsets(1000) == [0, 384, 488]  # 768 + 512 > 1000: snap to 1000 - 512
+    # 768 + 512 > 1000: the last tile goes to the edge, 1000 - 512 = 488 rounded up to the
+    # network's 32-pixel cell grid, and sticks out by 24 pixels (reflect-padded)
+    assert layout.offsets(1000) == [0, 384, 512]
     layout = TileLayout.plan(489, 443, 256, 64)
-    assert layout.offsets(489) == [0, 192, 233]
-    assert layout.offsets(443) == [0, 187]
+    assert layout.offsets(489) == [0, 192, 256]
+    assert layout.offsets(443) == [0, 192]
     assert layout.offsets(256) == [0]
-    assert layout.offsets(257) == [0, 1]
+    assert layout.offsets(257) == [0, 32]
+    assert TileLayout.plan(10, 10, 6, 3, multiple=1).offsets(10) == [0, 3, 4]
 
 
 def test_windows_by_hand() -> None:
     layout = TileLayout.plan(489, 443, 256, 64)
-    assert layout.windows() == [
+    assert layout.windows() == [  # Window(col_off, row_off, width, height)
         Window(0, 0, 256, 256),
-        Window(187, 0, 256, 256),
+        Window(192, 0, 251, 256),
         Window(0, 192, 256, 256),
-        Window(187, 192, 256, 256),
-        Window(0, 233, 256, 256),
-        Window(187, 233, 256, 256),
+        Window(192, 192, 251, 256),
+        Window(0, 256, 256, 233),
+        Window(192, 256, 251, 233),
     ]
     assert layout.row_groups() == [layout.windows()[i : i + 2] for i in (0, 2, 4)]
-    assert [layout.rows_final_after(g) for g in range(3)] == [192, 233, 489]
+    assert [layout.rows_final_after(g) for g in range(3)] == [192, 256, 489]
     assert all(layout.padded_shape(window) == (256, 256) for window in layout.windows())
 
 
 def test_cores_by_hand() -> None:
     layout = TileLayout.plan(489, 443, 256, 64)
-    # rows: ends 256, 448, 489 -> bounds 0, (192 + 256) // 2, (233 + 448) // 2, 489
-    # cols: ends 256, 443 -> bounds 0, (187 + 256) // 2, 443
+    # rows: ends 256, 448, 489 -> bounds 0, (192 + 256) // 2, (256 + 448) // 2, 489
+    # cols: ends 256, 443 -> bounds 0, (192 + 256) // 2, 443
     assert [layout.core(window) for window in layout.windows()] == [
-        Window(0, 0, 221, 224),
-        Window(221, 0, 222, 224),
-        Window(0, 224, 221, 116),
-        Window(221, 224, 222, 116),
-        Window(0, 340, 221, 149),
-        Window(221, 340, 222, 149),
+        Window(0, 0, 224, 224),
+        Window(224, 0, 219, 224),
+        Window(0, 224, 224, 128),
+        Window(224, 224, 219, 128),
+        Window(0, 352, 224, 137),
+        Window(224, 352, 219, 137),
     ]
 
 
@@ -88,7 +91,7 @@ def test_tile_rounded_up_to_multiple() -> None:
     assert TileLayout.plan(1000, 1000, tile=500, overlap=0, multiple=1).tile == 500
     assert TileLayout.plan(1000, 1000, tile=20, overlap=0, multiple=16).tile == 32
     # the overlap is checked against the rounded tile
-    assert TileLayout.plan(1000, 1000, tile=500, overlap=505).overlap == 505
+    assert TileLayout.plan(1000, 1000, tile=500, overlap=480).overlap == 480
 
 
 @pytest.mark.parametrize(
@@ -102,10 +105,18 @@ def test_tile_rounded_up_to_multiple() -> None:
             {"tile": 500, "overlap": 512},
             "overlap (512) must be smaller than the tile (512): lower --overlap or raise --tile",
         ),
+        (
+            {"tile": 512, "overlap": 100},
+            "tile - overlap (512 - 100) must be a multiple of the network's 32 px so tiles share"
+            " its cell grid: use --overlap 96 or 128",
+        ),
         ({"tile": 0}, "tile (0) must be at least 1: raise --tile"),
         ({"tile": -64}, "tile (-64) must be at least 1: raise --tile"),
         ({"overlap": -1}, "overlap (-1) must be at least 0: raise --overlap"),
-        ({"multiple": 0}, "the network's input multiple (0) must be at least 1: check the model"),
+        (
+            {"multiple": 0, "overlap": 0},
+            "the network's input multiple (0) must be at least 1: check the model",
+        ),
         ({"height": 0}, "scene size (0 x 100) must be at least 1 x 1 pixel"),
         ({"width": -3}, "scene size (100 x -3) must be at least 1 x 1 pixel"),
     ],
@@ -176,7 +187,7 @@ def test_blend_weights_are_fresh_float32_arrays() -> None:
     window = layout.windows()[-1]
     weights = layout.blend_weights(window)
     assert weights.dtype == np.float32
-    assert weights.shape == (512, 512)
+    assert weights.shape == (488, 508)  # the last tile, clipped to the scene
     weights[:] = 7  # must not corrupt the cached 1-D weights
     assert layout.blend_weights(window).max() == 1
 
@@ -204,8 +215,10 @@ def layouts(draw: st.DrawFn, max_size: int, max_tiles_per_axis: int) -> TileLayo
     tile = draw(st.integers(32, 1024))
     rounded = -(-tile // multiple) * multiple
     min_stride = max(1, -(-(max(height, width) - rounded) // (max_tiles_per_axis - 2)))
-    overlap = draw(st.integers(0, max(0, rounded - min_stride)))
-    return TileLayout.plan(height, width, tile, overlap, multiple)
+    # the stride (tile - overlap) is a whole number of the network's cells
+    strides = range(-(-min_stride // multiple) * multiple, rounded + 1, multiple)
+    stride = draw(st.sampled_from(strides)) if strides else rounded
+    return TileLayout.plan(height, width, tile, rounded - stride, multiple)
 
 
 @settings(max_examples=200, deadline=None)
@@ -216,16 +229,22 @@ def test_windows_cover_the_scene(layout: TileLayout) -> None:
         assert offsets[0] == 0
         assert all(a < b for a, b in pairwise(offsets))  # strictly increasing
         assert all(b - a <= layout.stride for a, b in pairwise(offsets))
-        size = min(layout.tile, length)
-        assert offsets[-1] + size == length
+        assert all(o % layout.multiple == 0 for o in offsets)  # on the cell grid
+        assert length <= offsets[-1] + layout.tile  # the last tile reaches the edge ...
+        if len(offsets) > 1:  # ... and sticks out by less than one cell
+            assert offsets[-1] + layout.tile - layout.multiple < length
         count = np.zeros(length, np.int32)
         for offset in offsets:
-            count[offset : offset + size] += 1
+            count[offset : offset + layout.tile] += 1
         assert count.min() >= 1
-    # windows are the row-major grid of those offsets, so each 2-D pixel is covered too
-    tile_h, tile_w = min(layout.tile, layout.height), min(layout.tile, layout.width)
+    # windows are the row-major grid of those offsets, clipped to the scene, so each 2-D pixel
+    # is covered too
     windows = layout.windows()
-    assert windows == [Window(c, r, tile_w, tile_h) for r in rows for c in cols]
+    assert windows == [
+        Window(c, r, min(layout.tile, layout.width - c), min(layout.tile, layout.height - r))
+        for r in rows
+        for c in cols
+    ]
     for window in windows:
         assert window.row_off >= 0 and window.row_off + window.height <= layout.height
         assert window.col_off >= 0 and window.col_off + window.width <= layout.width
