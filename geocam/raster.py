@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import rasterio
 from torch import nn
 
 from geocam.errors import GeocamError
@@ -92,7 +93,11 @@ def explain_raster(
         writers[product.name] = writer
         return writer
 
-    with RasterSource(_as_list(sources), spec.bands, nodata=nodata) as source:
+    cache_mb = (runtime or Runtime()).gdal_cache_mb
+    with (
+        rasterio.Env(GDAL_CACHEMAX=cache_mb),
+        RasterSource(_as_list(sources), spec.bands, nodata=nodata) as source,
+    ):
         try:
             report = explain_scene(
                 network, spec, source, explanation, sink,

@@ -105,11 +105,16 @@ class Tiling:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how the network runs; ``progress`` None shows a bar only on a terminal."""
+    """Where and how the network runs; ``progress`` None shows a bar only on a terminal.
+
+    ``gdal_cache_mb`` caps GDAL's block cache while a scene is read, which otherwise grows
+    towards 5 % of the machine's memory on a large scene (blocks read once stay cached).
+    """
 
     device: str = "auto"
     precision: Precision = "fp32"
     progress: bool | None = None
+    gdal_cache_mb: int = 256
 
 
 @dataclass(frozen=True)
