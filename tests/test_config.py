@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from safetensors.torch import save_file
 
-from geocam import GeocamError
+from geocam import GeocamError, build_model, default_layer
 from geocam.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -38,10 +39,34 @@ def test_valid_config(tmp_path: Path) -> None:
     assert spec.normalisation is not None and spec.normalisation.scale == (0.5, 0.25)
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_presets_load(config: Path) -> None:
-    preset = load_config(config)
-    assert preset.spec.checkpoint is None or preset.spec.checkpoint.is_file()
+DEMOS = ["landcover_raleigh.yaml"]
+GENERIC = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in DEMOS)
+
+
+@pytest.mark.parametrize("name", DEMOS)
+def test_demo_presets_load_with_their_weights(name: str) -> None:
+    preset = load_config(CONFIGS / name)
+    assert preset.spec.checkpoint is not None and preset.spec.checkpoint.is_file()
+    assert preset.spec.checkpoint.stat().st_size <= 10 * 2**20
+    build_model(preset.spec)
+
+
+@pytest.mark.parametrize("name", GENERIC)
+def test_generic_presets_need_only_a_checkpoint(name: str, tmp_path: Path) -> None:
+    text = (CONFIGS / name).read_text()
+    with pytest.raises(GeocamError, match=r"field 'checkpoint': .*CHANGE_ME\.safetensors"):
+        load_config(CONFIGS / name)
+    # stand-in for a user's own weights, made from the same preset without a checkpoint
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(text.replace("checkpoint: CHANGE_ME.safetensors\n", ""))
+    weights = tmp_path / "mine.safetensors"
+    save_file(build_model(load_config(bare).spec).state_dict(), str(weights))
+    # the one line a user changes is the checkpoint path
+    mine = tmp_path / name
+    mine.write_text(text.replace("CHANGE_ME.safetensors", weights.name))
+    spec = load_config(mine).spec
+    model = build_model(spec)
+    assert default_layer(model, spec.in_channels) == spec.layer
 
 
 @pytest.mark.parametrize(
