@@ -147,3 +147,72 @@ def test_layers_and_models() -> None:
 def test_rio_plugin_is_registered() -> None:
     done = subprocess.run(["rio", "geocam", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "explain" in done.stdout
+
+
+def forest_mask(shared_data: Path, path: Path, crs: str | None = None) -> int:
+    """Write the ground-truth forest mask (class 5) of Raleigh, optionally reprojected."""
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(shared_data / "raleigh" / "nc_landclass_strata_uint8.tif") as truth:
+        forest = (truth.read(1) == 5).astype("uint8")
+        profile = truth.profile | {"nodata": None, "dtype": "uint8"}
+        if crs is None:
+            with rasterio.open(path, "w", **profile) as dst:
+                dst.write(forest, 1)
+            return int(forest.sum())
+        transform, width, height = calculate_default_transform(
+            truth.crs, crs, truth.width, truth.height, *truth.bounds
+        )
+        profile |= {"crs": crs, "transform": transform, "width": width, "height": height}
+        with rasterio.open(path, "w", **profile) as dst:
+            reproject(forest, rasterio.band(dst, 1), src_transform=truth.transform,
+                      src_crs=truth.crs, resampling=Resampling.nearest)  # fmt: skip
+        return int(forest.sum())
+
+
+@pytest.mark.parametrize("crs", [None, "EPSG:4326"])
+def test_mask_region_on_the_same_or_another_grid(
+    shared_data: Path, tmp_path: Path, crs: str | None
+) -> None:
+    mask = tmp_path / "forest_mask.tif"
+    forest = forest_mask(shared_data, mask, crs)
+    out = tmp_path / "masked.tif"
+    exit_code, output = invoke(
+        "explain", str(shared_data / RALEIGH), "-c", str(LANDCOVER), "--class", "forest",
+        "--region", f"mask:{mask}", "--method", "hirescam", "-o", str(out), "-q",
+    )  # fmt: skip
+    assert exit_code == 0, output
+    with rasterio.open(out) as heat:
+        pixels = float(heat.tags()["GEOCAM_REGION_PIXELS_FOREST"])
+        assert heat.tags()["GEOCAM_REGION"] == "mask:forest_mask.tif"
+    with rasterio.open(shared_data / RALEIGH) as src:
+        nodata_forest = int((forest_pixels(shared_data) & (src.dataset_mask() == 0)).sum())
+    if crs is None:  # same grid: exactly the mask's pixels that have data
+        assert pixels == forest - nodata_forest
+    else:  # warped there and back with nearest neighbours
+        assert abs(pixels - (forest - nodata_forest)) < 0.03 * forest
+
+
+def forest_pixels(shared_data: Path) -> np.ndarray:
+    with rasterio.open(shared_data / "raleigh" / "nc_landclass_strata_uint8.tif") as truth:
+        return np.asarray(truth.read(1) == 5)
+
+
+def test_bbox_in_another_crs(shared_data: Path, tmp_path: Path) -> None:
+    from rasterio.warp import transform_bounds
+
+    with rasterio.open(shared_data / RALEIGH) as src:
+        left, bottom = src.bounds.left, src.bounds.bottom
+        box = (left + 2850, bottom + 2850, left + 2850 + 100 * 28.5, bottom + 2850 + 100 * 28.5)
+        lonlat = transform_bounds(src.crs, "EPSG:4326", *box)
+    out = tmp_path / "box.tif"
+    exit_code, output = invoke(
+        "explain", str(shared_data / RALEIGH), "-c", str(LANDCOVER), "--class", "forest",
+        "--region", "bbox:" + ",".join(f"{v:.7f}" for v in lonlat) + ",EPSG:4326",
+        "--method", "layercam", "-o", str(out), "-q",
+    )  # fmt: skip
+    assert exit_code == 0, output
+    with rasterio.open(out) as heat:
+        pixels = float(heat.tags()["GEOCAM_REGION_PIXELS_FOREST"])
+    # a 100 x 100 pixel box, a little distorted by going to lon/lat and back
+    assert 0.97 * 100 * 100 <= pixels <= 1.05 * 100 * 100
