@@ -114,7 +114,10 @@ def cli(debug: bool) -> None:
 )
 @click.option("--overlay", is_flag=True, help="Also write an RGBA overlay GeoTIFF.")
 @click.option("--quicklook", is_flag=True, help="Also write a PNG quicklook.")
-@click.option("--hotspots", is_flag=True, help="Also write hotspot polygons (GeoPackage).")
+@click.option("--hotspots", is_flag=True, help="Also write hotspot polygons.")
+@click.option(
+    "--hotspot-format", type=click.Choice(["gpkg", "geojson"]), default="gpkg", show_default=True
+)
 @click.option(
     "--hotspot-threshold",
     default="p95",
@@ -129,7 +132,8 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
             tile: int | None, overlap: int | None, batch_size: int, device: str,
             precision: str, weights: str, resolution: str, score: str, nodata: float | None,
             probabilities: bool, class_map: bool, cog: bool, qml: bool, overlay: bool,
-            quicklook: bool, hotspots: bool, hotspot_threshold: str, overwrite: bool,
+            quicklook: bool, hotspots: bool, hotspot_format: str, hotspot_threshold: str,
+            overwrite: bool,
             quiet: bool, verbose: bool) -> None:  # fmt: skip
     """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
     from geocam.config import load_config
@@ -139,7 +143,7 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
     from geocam.scene import Explanation, Products, Runtime, Tiling
 
     preset = load_config(config)
-    gis = GisOptions(qml, overlay, quicklook, hotspots, hotspot_threshold)
+    gis = GisOptions(qml, overlay, quicklook, hotspots, hotspot_threshold, hotspot_format)
     for path in gis_paths(out, gis).values():
         check_destination(path, overwrite)
     class_map = class_map or (quicklook and region == "predicted")  # the quicklook's outline

@@ -299,6 +299,7 @@ class GisOptions:
     quicklook: bool = False
     hotspots: bool = False
     hotspot_threshold: str = "p95"
+    hotspot_format: str = "gpkg"
     band: int = 1
 
 
@@ -308,7 +309,7 @@ def gis_paths(heatmap: Path, options: GisOptions) -> dict[str, Path]:
         "qml": heatmap.with_suffix(".qml"),
         "overlay": heatmap.with_name(f"{heatmap.stem}_overlay.tif"),
         "quicklook": heatmap.with_suffix(".png"),
-        "hotspots": heatmap.with_name(f"{heatmap.stem}_hotspots.gpkg"),
+        "hotspots": heatmap.with_name(f"{heatmap.stem}_hotspots.{options.hotspot_format}"),
     }
     return {name: path for name, path in paths.items() if getattr(options, name)}
 

@@ -161,6 +161,15 @@ SinkFactory = Callable[[ProductSpec], StripSink]
 
 
 @dataclass
+class _Cached:
+    activations: torch.Tensor  # on the host
+    valid: np.ndarray
+
+
+_NOT_READ = np.zeros(0, np.float32)  # stands for pixels a cached pass 2 does not need
+
+
+@dataclass
 class _Tile:
     window: Window
     pixels: np.ndarray | None  # (C, Hp, Wp) normalised, None for a skipped (all-nodata) tile
@@ -348,10 +357,10 @@ class _Scene:
         bar: tqdm[None],
         extras: list[tuple[ProductSpec, BandAccumulator]],
         activation_sums: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor] | None]:
+    ) -> tuple[torch.Tensor, dict[tuple[int, int], _Cached] | None]:
         """Pass 1: the scene's channel weights ``(K, C)``; activations kept if they fit."""
         total = torch.zeros(0)
-        cache: dict[tuple[int, int], torch.Tensor] | None = {} if self._cache_fits() else None
+        cache: dict[tuple[int, int], _Cached] | None = {} if self._cache_fits() else None
         for group in self._groups():
             tiles = [t for t in group if t.pixels is not None]
             outputs = {}
@@ -368,7 +377,7 @@ class _Scene:
                 total = part if total.numel() == 0 else total + part
                 outputs[_key(tile)] = output
                 if cache is not None:
-                    cache[_key(tile)] = acts.cpu()
+                    cache[_key(tile)] = _Cached(acts.cpu(), tile.valid)
             for tile in group:
                 if tile.pixels is not None:
                     self._add_extras(extras, tile, outputs[_key(tile)])
@@ -385,7 +394,7 @@ class _Scene:
         """Whether every tile's activations (float32 on the host) fit the cache budget."""
         height, width = self.layout.padded_shape(self.windows[0])
         cells = -(-height // self.stride) * -(-width // self.stride)
-        needed = len(self.windows) * self.layer_info.channels * cells * 4
+        needed = len(self.windows) * (self.layer_info.channels * cells * 4 + height * width)
         return needed <= self.tiling.cache_mb * 2**20
 
     def _tile_gradients(
@@ -404,24 +413,34 @@ class _Scene:
         bar: tqdm[None],
         heat: BandAccumulator,
         weights: torch.Tensor,
-        cache: dict[tuple[int, int], torch.Tensor] | None,
+        cache: dict[tuple[int, int], _Cached] | None,
     ) -> None:
-        """Pass 2: every tile's map with the scene's weights."""
-        for group in self._groups():
+        """Pass 2: every tile's map with the scene's weights (from the cache: no reading)."""
+        if cache is None:
+            groups = self._groups()
+        else:  # pass 1 kept each tile's activations and validity; absent tiles were nodata
+            groups = iter([[self._cached_tile(w, cache.get(_key_of(w))) for w in self.windows]])
+        for group in groups:
             tiles = [t for t in group if t.pixels is not None]
-            if cache is not None:
-                activations = [cache.pop(_key(t)).to(self.device) for t in tiles]
-            else:
-                activations = self._per_tile(tiles, self._activations)
-            maps = {
-                _key(tile): combine(self.explanation.method, acts[None], None, weights[None])[0]
-                for tile, acts in zip(tiles, activations, strict=True)
-            }
+            if cache is None:
+                found = dict(
+                    zip(map(_key, tiles), self._per_tile(tiles, self._activations), strict=True)
+                )
             for tile in group:
                 if tile.pixels is not None:
-                    self._add_heat(heat, tile, maps[_key(tile)])
+                    acts = found[_key(tile)] if cache is None else cache.pop(_key(tile)).activations
+                    signed = combine(
+                        self.explanation.method, acts[None].to(self.device), None, weights[None]
+                    )[0]
+                    self._add_heat(heat, tile, signed)
                 self._flush(tile, heat)
                 bar.update()
+
+    def _cached_tile(self, window: Window, cached: _Cached | None) -> _Tile:
+        """A tile of pass 2 rebuilt from the cache (no pixels are read again)."""
+        if cached is None:
+            return _Tile(window, None, np.zeros(self.layout.padded_shape(window), bool), None)
+        return _Tile(window, _NOT_READ, cached.valid, None)
 
     def _per_tile(
         self, tiles: Sequence[_Tile], work: Callable[[Sequence[_Tile]], list[R]]

@@ -29,7 +29,7 @@ def products(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = CliRunner().invoke(cli, [
         "explain", str(SCENE), "-c", str(LANDCOVER), "--class", "forest", "-o",
         str(folder / "forest.tif"), "--tile", "256", "--overlap", "64", "--quicklook",
-        "--overlay", "--hotspots", "--probabilities",
+        "--overlay", "--hotspots", "--probabilities", "--class-map",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     return folder
@@ -65,6 +65,32 @@ def test_probabilities_through_gdalinfo(products: Path) -> None:
         values = probs.read(1)
         finite = values[np.isfinite(values)]
         assert finite.min() >= 0 and finite.max() <= 1
+
+
+def test_class_map_through_gdalinfo(products: Path) -> None:
+    info = gdalinfo(products / "forest_classes.tif")
+    band = info["bands"][0]
+    assert band["type"] == "Byte" and band["noDataValue"] == 255
+    assert band["colorInterpretation"] == "Palette"
+    assert band["categories"][:7] == [
+        "developed", "agriculture", "herbaceous", "shrubland", "forest", "water", "sediment",
+    ]  # fmt: skip
+    with rasterio.open(products / "forest_classes.tif") as classes, rasterio.open(SCENE) as src:
+        assert classes.transform == src.transform and classes.crs == src.crs
+        values = classes.read(1)
+        assert (values[src.dataset_mask() == 0] == 255).all() and values.max() <= 255
+
+
+def test_hotspots_as_geojson(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, [
+        "explain", str(SCENE), "-c", str(LANDCOVER), "--class", "forest", "-o",
+        str(tmp_path / "f.tif"), "--hotspots", "--hotspot-format", "geojson",
+        "--hotspot-threshold", "otsu", "--no-qml", "-q",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.tif", "f_hotspots.geojson"]
+    with fiona.open(tmp_path / "f_hotspots.geojson") as hotspots:
+        assert len(hotspots) >= 1 and hotspots.schema["geometry"] == "Polygon"
 
 
 def test_qml_sidecar(products: Path) -> None:

@@ -216,3 +216,14 @@ def test_tall_scene_streams_in_strips(method: str) -> None:
     inner = (slice(2, -2), slice(2, -2))
     np.testing.assert_allclose(maps["heatmap"][1][inner], expected[inner], rtol=1e-4, atol=1e-5)
     assert np.isfinite(maps["probabilities"]).all()
+
+
+def test_cached_and_recomputed_pass_two_agree() -> None:
+    model = LocalNet().eval()
+    pixels = scene(200, 96, seed=2)
+    valid = np.ones(pixels.shape[1:], bool)
+    valid[:40, :40] = False  # a skipped tile, which pass 2 must step over in both modes
+    cached, first = run(model, pixels, Explanation(("b",)), Tiling(32, 8), valid=valid)
+    fresh, second = run(model, pixels, Explanation(("b",)), Tiling(32, 8, cache_mb=0), valid=valid)
+    assert first.cached_activations and not second.cached_activations and first.skipped > 0
+    np.testing.assert_array_equal(cached["heatmap"], fresh["heatmap"])
