@@ -97,11 +97,14 @@ class Timings:
         return statistics.median(a / b for a, b in pairs)
 
 
-def measure(competitors: dict[str, Callable[[], object]], repeats: int) -> Timings:
-    """Time each callable: one warm-up each, then ``repeats`` interleaved rounds."""
+def measure(
+    competitors: dict[str, Callable[[], object]], repeats: int, warm_up: bool = True
+) -> Timings:
+    """Time each callable: one warm-up each (unless already warm), then interleaved rounds."""
     for name, fn in competitors.items():
-        log(f"  warm-up {name}")
-        fn()
+        if warm_up:
+            log(f"  warm-up {name}")
+            fn()
     times: dict[str, list[float]] = {name: [] for name in competitors}
     for round_ in range(repeats):
         for name, fn in competitors.items():
