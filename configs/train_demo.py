@@ -66,11 +66,11 @@ class Recipe:
     options: dict[str, Any] = field(default_factory=dict)
     nodata: float = 0
     steps: int = 600
-    crop: int = 128
+    crop: int = 160
     batch: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    weight_power: float = 0.5
+    weight_power: float = 0.25
     """Class weights are ``frequency ** -weight_power`` (0: unweighted, 1: inverse)."""
 
     @property
@@ -244,9 +244,7 @@ def previous_stage(model: nn.Module, layer: str, in_channels: int) -> str | None
     return siblings[-1].name if siblings else None
 
 
-def fit(
-    recipe: Recipe, pixels: np.ndarray, labels: np.ndarray, steps: int, seed: int
-) -> nn.Module:
+def fit(recipe: Recipe, pixels: np.ndarray, labels: np.ndarray, steps: int, seed: int) -> nn.Module:
     """Train the recipe's network on normalised training ``pixels`` and ``labels``."""
     seed_everything(seed)
     rng = np.random.default_rng(seed)

@@ -71,19 +71,19 @@ def model() -> torch.nn.Module:
     return build_model(load_config(CONFIG).spec)
 
 
-@pytest.mark.parametrize("stage", [-1, -2])
-def test_scene_weights_track_the_untiled_map(
-    shared_data: Path, model: torch.nn.Module, stage: int
+@pytest.mark.parametrize(("stage", "target"), [(-1, 0.95), (-2, 0.99)])
+def test_tiled_matches_untiled(
+    shared_data: Path, model: torch.nn.Module, stage: int, target: float
 ) -> None:
-    # The acceptance figures (r >= 0.95 at the last stage, 0.99 at the one before) are measured
-    # by `python benchmarks/run.py agreement`; this test pins the ordering and a floor.
+    """Pearson r of the positive maps; `benchmarks/run.py agreement` reports all figures."""
     layer = default_layer(model, 6, stage=stage)
     reference, valid = untiled(model, shared_data / RALEIGH, layer)
     scene = tiled(model, shared_data / RALEIGH, layer, "scene")
     correlation = np.corrcoef(scene[valid], reference[valid])[0, 1]
-    assert correlation >= 0.8, f"{layer}: r = {correlation:.3f}"
-    outside = np.isnan(scene) | ~valid
-    assert (outside == ~valid).all()  # NaN exactly at nodata
+    assert correlation >= target, f"{layer}: r = {correlation:.3f}"
+    per_tile = tiled(model, shared_data / RALEIGH, layer, "tile")
+    assert np.corrcoef(per_tile[valid], reference[valid])[0, 1] < correlation
+    assert ((np.isnan(scene) | ~valid) == ~valid).all()  # NaN exactly at nodata
 
 
 def test_seams_no_worse_than_the_maps_own_gradient(
