@@ -4,7 +4,8 @@ Each recipe trains one segmentation network on real data from ``../shared/data``
 a spatial block held out of training, and writes ``configs/<name>.safetensors`` (the weights)
 and ``configs/<name>.yaml`` (the model preset). Run, from the project root::
 
-    python configs/train_demo.py landcover [--data ../shared/data] [--steps N]
+    python configs/train_demo.py landcover [--data ../shared/data] [--steps N] [--heldout auto]
+    python configs/train_demo.py deforestation
 """
 
 from __future__ import annotations
@@ -20,33 +21,82 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import segmentation_models_pytorch as smp
 import torch
 import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from geocam import default_layer, list_layers
+from geocam import ModelSpec, build_model, default_layer, list_layers
 
 CONFIGS = Path(__file__).resolve().parent
 IGNORE = -1
 """Label of pixels left out of the loss and the metrics (no label, or no image data)."""
 
 
+Window = tuple[slice, slice]
+"""A block of a scene: a row slice and a column slice."""
+
+QUARTERS = ("left", "right", "top", "bottom")
+"""The blocks that can be held out: a quarter of the scene along one edge."""
+
+
+def split_quarter(height: int, width: int, quarter: str) -> tuple[Window, Window]:
+    """The training block and the held-out ``quarter`` of a ``height`` x ``width`` scene.
+
+    The two blocks are disjoint rectangles that together cover the scene, so no training crop
+    can touch the held-out block.
+    """
+    all_rows, all_cols = slice(0, height), slice(0, width)
+    col, row = math.ceil(width * 3 / 4), math.ceil(height * 3 / 4)
+    if quarter == "right":
+        return (all_rows, slice(0, col)), (all_rows, slice(col, width))
+    if quarter == "left":
+        col = width - col
+        return (all_rows, slice(col, width)), (all_rows, slice(0, col))
+    if quarter == "bottom":
+        return (slice(0, row), all_cols), (slice(row, height), all_cols)
+    if quarter == "top":
+        row = height - row
+        return (slice(row, height), all_cols), (slice(0, row), all_cols)
+    raise SystemExit(f"--heldout must be one of {', '.join(QUARTERS)}, got {quarter!r}")
+
+
+def representative_quarter(labels: np.ndarray, focus: int) -> str:
+    """The quarter whose share of the ``focus`` class is closest to the whole scene's.
+
+    Fixed before training, so the held-out block is neither the easiest nor the hardest one,
+    and the same rule serves every recipe.
+    """
+    height, width = labels.shape
+    labelled = labels >= 0
+    overall = (labels[labelled] == focus).mean()
+
+    def gap(quarter: str) -> float:
+        block = split_quarter(height, width, quarter)[1]
+        return float(abs((labels[block][labelled[block]] == focus).mean() - overall))
+
+    return min(QUARTERS, key=gap)
+
+
+def describe(window: Window, quarter: str) -> str:
+    """Human-readable name of a held-out block, e.g. ``right quarter (columns 367-488)``."""
+    rows, cols = window
+    if quarter in ("left", "right"):
+        return f"{quarter} quarter (columns {cols.start}-{cols.stop - 1})"
+    return f"{quarter} quarter (rows {rows.start}-{rows.stop - 1})"
+
+
 @dataclass(frozen=True)
 class Scene:
-    """A co-registered image and label map, and the columns held out of training.
+    """A co-registered image and label map.
 
     ``image`` is ``(C, H, W)`` in the raster's units, ``labels`` ``(H, W)`` network class
     indexes (``IGNORE`` where unlabelled or nodata), ``valid`` where the image has data.
-    Columns ``>= split`` form the held-out test block; training crops stay left of it.
     """
 
     image: np.ndarray
     labels: np.ndarray
     valid: np.ndarray
-    split: int
-    heldout: str
 
 
 @dataclass(frozen=True)
@@ -56,6 +106,8 @@ class Recipe:
     name: str
     description: str
     load: Callable[[Path], Scene]
+    credit: str
+    """Data source and licence, written into the preset's header."""
     encoder: str
     classes: tuple[str, ...]
     bands: tuple[tuple[int, ...], ...]
@@ -91,7 +143,7 @@ def read_raster(path: Path) -> np.ndarray:
 
 
 def load_landcover(data: Path) -> Scene:
-    """Raleigh Landsat-7 (6 bands) and its land-cover map; the right quarter is held out."""
+    """Raleigh Landsat-7 (6 bands) and its land-cover map (classes 1..7, nodata 0)."""
     folder = data / "raleigh"
     image = read_raster(folder / "nc_lsat7_2000_b123457_uint8.tif")
     strata = read_raster(folder / "nc_landclass_strata_uint8.tif")[0]
@@ -100,9 +152,56 @@ def load_landcover(data: Path) -> Scene:
     valid = (image != 0).any(axis=0)  # nodata 0: a pixel is nodata when every band is 0
     labels = strata.astype(np.int64) - 1  # classes 1..7 -> 0..6, nodata 0 -> -1
     labels[~valid] = IGNORE
-    width = image.shape[2]
-    split = math.ceil(width * 3 / 4)
-    return Scene(image, labels, valid, split, f"right quarter (columns >= {split})")
+    return Scene(image, labels, valid)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a 1-D sample: the cut that maximises the between-class variance."""
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    below = np.cumsum(counts)
+    above = below[-1] - below
+    mass = np.cumsum(counts * centres)
+    mean_below = mass / np.maximum(below, 1)
+    mean_above = (mass[-1] - mass) / np.maximum(above, 1)
+    return float(centres[np.argmax(below * above * (mean_below - mean_above) ** 2)])
+
+
+def forest_and_land(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The spectral forest rule for one Pucallpa image (bands SWIR1, NIR, Red, Green).
+
+    Land is NIR >= 0.6 x the image's median NIR (water is dark in the NIR). Forest is land whose
+    index (NIR - SWIR1) / (NIR + SWIR1) reaches the image's Otsu threshold over land: closed
+    canopy is bright in the NIR and dark in the SWIR, cleared land and pasture are brighter in
+    the SWIR. The thresholds are per image because the bands are display-scaled per image, not
+    reflectance, so fixed thresholds do not carry from one year to the other.
+    """
+    swir, nir = image[0].astype(np.float64), image[1].astype(np.float64)
+    land = nir >= 0.6 * np.median(nir)
+    index = (nir - swir) / np.maximum(nir + swir, 1.0)
+    forest = land & (index >= otsu_threshold(index[land]))
+    return forest, land
+
+
+def load_deforestation(data: Path) -> Scene:
+    """Pucallpa 1985 + 2020 (8 bands) with spectral-proxy labels: forest in 1985, cleared in 2020.
+
+    Label 1 (deforestation): forest in 1985 and land but not forest in 2020, by
+    :func:`forest_and_land`. Label 0: everything else (stable forest, land cleared before 1985,
+    water, river banks). The labels are a spectral proxy, not a survey.
+    """
+    folder = data / "pucallpa"
+    before = read_raster(folder / "landsat_1985.tif")
+    after = read_raster(folder / "landsat_2020.tif")
+    if before.shape != after.shape:
+        raise SystemExit(f"the 1985 grid {before.shape} differs from the 2020 grid {after.shape}")
+    image = np.concatenate([before, after])
+    valid = (before != 0).any(axis=0) & (after != 0).any(axis=0)
+    forest_before, _ = forest_and_land(before)
+    forest_after, land_after = forest_and_land(after)
+    labels = (forest_before & land_after & ~forest_after).astype(np.int64)
+    labels[~valid] = IGNORE
+    return Scene(image, labels, valid)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -113,6 +212,7 @@ RECIPES: dict[str, Recipe] = {
             "by configs/train_demo.py"
         ),
         load=load_landcover,
+        credit="GRASS GIS nc_spm_08 sample (CC BY-SA 3.0, OSGeo)",
         encoder="tu-mobilenetv2_100",
         options={"decoder_channels": [64, 32, 32, 16, 16]},
         classes=(
@@ -128,6 +228,23 @@ RECIPES: dict[str, Recipe] = {
         rgb=(3, 2, 1),
         focus="forest",
     ),
+    "deforestation": Recipe(
+        name="deforestation-pucallpa",
+        description=(
+            "Forest in 1985 cleared by 2020, from a Landsat pair over Pucallpa, Peru (bands "
+            "SWIR1, NIR, Red, Green of each year); spectral-proxy labels; demo model trained by "
+            "configs/train_demo.py"
+        ),
+        load=load_deforestation,
+        credit="opengeos/data landsat (MIT); Landsat imagery USGS, public domain",
+        encoder="tu-mobilenetv2_100",
+        options={"decoder_channels": [64, 32, 32, 16, 16]},
+        classes=("other", "deforestation"),
+        bands=((1, 2, 3, 4), (1, 2, 3, 4)),
+        rgb=(5, 6, 7),
+        focus="deforestation",
+        weight_power=0.5,
+    ),
 }
 
 
@@ -138,23 +255,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build(recipe: Recipe) -> nn.Module:
-    """The recipe's network with random weights (nothing is downloaded)."""
-    model: nn.Module = smp.create_model(
-        recipe.arch,
-        encoder_name=recipe.encoder,
-        encoder_weights=None,
+def spec(recipe: Recipe) -> ModelSpec:
+    """The recipe's network as a geocam model spec, without weights."""
+    return ModelSpec(
+        arch=recipe.arch,
+        encoder=recipe.encoder,
         in_channels=recipe.in_channels,
-        classes=len(recipe.classes),
-        **recipe.options,
+        classes=recipe.classes,
+        bands=recipe.bands,
+        options=recipe.options,
     )
-    return model
 
 
-def band_stats(scene: Scene) -> tuple[list[float], list[float]]:
+def band_stats(scene: Scene, train: Window) -> tuple[list[float], list[float]]:
     """Per-band mean and std over valid training pixels, rounded as written to the preset."""
-    train = scene.valid[:, : scene.split]
-    pixels = scene.image[:, :, : scene.split][:, train].astype(np.float64)
+    pixels = scene.image[(slice(None), *train)][:, scene.valid[train]].astype(np.float64)
     mean = [round(float(v), 4) for v in pixels.mean(axis=1)]
     std = [round(float(v), 4) for v in pixels.std(axis=1)]
     return mean, std
@@ -185,7 +300,8 @@ def sample_batch(
     block. Crops with fewer than a quarter of their pixels labelled are drawn again.
     """
     height, width = labels.shape
-    xs, ys = [], []
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
     while len(xs) < batch:
         row = int(rng.integers(0, height - crop + 1))
         col = int(rng.integers(0, width - crop + 1))
@@ -251,7 +367,7 @@ def fit(recipe: Recipe, pixels: np.ndarray, labels: np.ndarray, steps: int, seed
     weights = class_weights(labels, len(recipe.classes), recipe.weight_power)
     shown = zip(recipe.classes, weights.tolist(), strict=True)
     print("class weights", {name: round(w, 3) for name, w in shown})
-    model = build(recipe)
+    model = build_model(spec(recipe)).train()
     loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
@@ -277,26 +393,35 @@ def fit(recipe: Recipe, pixels: np.ndarray, labels: np.ndarray, steps: int, seed
     return model.eval()
 
 
-def train(recipe: Recipe, data: Path, steps: int, seed: int, threads: int) -> None:
+def train(
+    recipe: Recipe, data: Path, steps: int, seed: int, threads: int, heldout: str, out: Path
+) -> None:
     """Train ``recipe``, score it on the held-out block and write its weights and preset."""
     torch.set_num_threads(threads)
     scene = recipe.load(data)
-    mean, std = band_stats(scene)
+    height, width = scene.labels.shape
+    if heldout == "auto":
+        heldout = representative_quarter(scene.labels, recipe.classes.index(recipe.focus))
+    train_block, test_block = split_quarter(height, width, heldout)
+    mean, std = band_stats(scene, train_block)
     pixels = normalise(scene, mean, std)
-    train_pixels = np.ascontiguousarray(pixels[:, :, : scene.split])
-    train_labels = np.ascontiguousarray(scene.labels[:, : scene.split])
-    print(f"training area {train_labels.shape}, held out {scene.heldout}")
+    everything = slice(None)
+    train_pixels = np.ascontiguousarray(pixels[(everything, *train_block)])
+    train_labels = np.ascontiguousarray(scene.labels[train_block])
+    heldout_name = describe(test_block, heldout)
+    print(f"training area {train_labels.shape}, held out {heldout_name}")
     start = time.perf_counter()
     model = fit(recipe, train_pixels, train_labels, steps, seed)
     seconds = round(time.perf_counter() - start, 1)
 
-    test_pixels = np.ascontiguousarray(pixels[:, :, scene.split :])
-    test_labels = scene.labels[:, scene.split :]
+    test_pixels = np.ascontiguousarray(pixels[(everything, *test_block)])
+    test_labels = scene.labels[test_block]
     accuracy, iou = score(predict(model, test_pixels), test_labels, recipe.classes)
     print(f"held-out pixel accuracy {accuracy}, {recipe.focus} IoU {iou[recipe.focus]}")
     print("per-class IoU", iou)
 
-    checkpoint = CONFIGS / f"{recipe.stem}.safetensors"
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / f"{recipe.stem}.safetensors"
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(checkpoint))
     size = checkpoint.stat().st_size
@@ -320,7 +445,7 @@ def train(recipe: Recipe, data: Path, steps: int, seed: int, threads: int) -> No
         "options": recipe.options,
         "rgb": list(recipe.rgb),
         "metrics": {
-            "heldout": scene.heldout,
+            "heldout": heldout_name,
             "heldout_pixel_accuracy": accuracy,
             f"heldout_{recipe.focus}_iou": iou[recipe.focus],
             "per_class_iou": iou,
@@ -334,15 +459,18 @@ def train(recipe: Recipe, data: Path, steps: int, seed: int, threads: int) -> No
             "seconds": seconds,
         },
     }
-    command = f"python configs/train_demo.py {recipe_key(recipe)} --data {data} --steps {steps}"
+    command = (
+        f"python configs/train_demo.py {recipe_key(recipe)} --data {data} --steps {steps} "
+        f"--seed {seed} --heldout {heldout} --threads {threads}"
+    )
     header = [
-        f"# Written by: {command} --seed {seed} --threads {threads}",
-        "# Weights: float32 safetensors; data: GRASS GIS nc_spm_08 sample (CC BY-SA 3.0, OSGeo).",
+        f"# Written by: {command}",
+        f"# Weights: float32 safetensors; data: {recipe.credit}.",
     ]
     if before is not None:
         header.append(f"# Previous encoder stage (a finer-stride target layer): {before}")
     text = yaml.safe_dump(preset, sort_keys=False, default_flow_style=None, width=100)
-    path = CONFIGS / f"{recipe.stem}.yaml"
+    path = out / f"{recipe.stem}.yaml"
     path.write_text("\n".join(header) + "\n" + text)
     print(f"wrote {path}; layer {layer} (previous stage {before}); trained in {seconds} s")
 
@@ -362,8 +490,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         sub.add_argument("--steps", type=int, default=recipe.steps)
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--threads", type=int, default=1, help="torch CPU threads (shared CPU: 1)")
+        sub.add_argument(
+            "--heldout",
+            choices=("auto", *QUARTERS),
+            default="auto",
+            help="quarter held out of training (auto: the most representative one)",
+        )
+        sub.add_argument("--out", type=Path, default=CONFIGS, help="folder for weights and preset")
     args = parser.parse_args(argv)
-    train(RECIPES[args.recipe], args.data, args.steps, args.seed, args.threads)
+    recipe = RECIPES[args.recipe]
+    train(recipe, args.data, args.steps, args.seed, args.threads, args.heldout, args.out)
 
 
 if __name__ == "__main__":
