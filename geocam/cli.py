@@ -138,7 +138,13 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
     """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
     from geocam.config import load_config
     from geocam.output import check_destination
-    from geocam.products import GisOptions, gis_paths, region_outline, write_gis_products
+    from geocam.products import (
+        GisOptions,
+        composite_source,
+        gis_paths,
+        region_outline,
+        write_gis_products,
+    )
     from geocam.raster import explain_raster
     from geocam.scene import Explanation, Products, Runtime, Tiling
 
@@ -146,6 +152,7 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
     gis = GisOptions(qml, overlay, quicklook, hotspots, hotspot_threshold, hotspot_format)
     for path in gis_paths(out, gis).values():
         check_destination(path, overwrite)
+    source, rgb = composite_source(sources, preset.spec.bands, preset.rgb or (1, 2, 3))
     class_map = class_map or (quicklook and region == "predicted")  # the quicklook's outline
     report = explain_raster(
         list(sources),
@@ -183,7 +190,7 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
         region, where, report.outputs.get("classes"), preset.spec.class_index(classes[0])
     )
     report.outputs |= write_gis_products(
-        out, sources[0], gis, rgb=preset.rgb or (1, 2, 3), region=outline, overwrite=overwrite
+        out, source, gis, rgb=rgb, region=outline, overwrite=overwrite
     )
     if not quiet:
         for name, path in report.outputs.items():

@@ -17,7 +17,7 @@ Schema (``?`` marks optional fields)::
     method: gradcam                      # ? default method
     tile: 512                            # ? tiling defaults
     overlap: 128                         # ?
-    rgb: [3, 2, 1]                       # ? bands of the quicklook's RGB composite
+    rgb: [3, 2, 1]                       # ? quicklook RGB: 1-based network input bands
     options: {decoder_channels: [..]}    # ? extra keyword arguments for the factory
     metrics: {...}                       # ? free-form, informational
     training: {...}                      # ? free-form, informational

@@ -346,6 +346,32 @@ def write_gis_products(
     return paths
 
 
+def composite_source(
+    sources: Sequence[Path], bands: Sequence[Sequence[int]], rgb: Sequence[int]
+) -> tuple[Path, tuple[int, ...]]:
+    """The raster and its bands that show ``rgb``, given as 1-based network input bands.
+
+    ``bands`` is the model's selection per raster (empty: every band of the first raster), so
+    a bi-temporal model can show its later image, e.g. input bands 5, 6, 7 of two 4-band
+    rasters are bands 1, 2, 3 of the second raster.
+    """
+    if not bands:
+        return sources[0], tuple(rgb)
+    inputs = [(i, b) for i, selected in enumerate(bands) for b in selected]
+    bad = [k for k in rgb if not 1 <= k <= len(inputs)]
+    if bad:
+        raise GeocamError(
+            f"rgb: input band(s) {bad} do not exist; the model takes {len(inputs)} bands "
+            "(fix rgb in the config)"
+        )
+    chosen = [inputs[k - 1] for k in rgb]
+    rasters = {i for i, _ in chosen}
+    if len(rasters) > 1:
+        raise GeocamError(f"rgb: bands {list(rgb)} come from different rasters; pick one raster's")
+    raster = rasters.pop()
+    return sources[raster], tuple(b for _, b in chosen)
+
+
 def region_outline(
     region: str, where: str | None, class_map: Path | None, class_index: int
 ) -> Callable[[Grid], np.ndarray] | None:

@@ -16,7 +16,8 @@ import rasterio
 from click.testing import CliRunner
 
 from geocam.cli import cli
-from geocam.products import otsu
+from geocam.errors import GeocamError
+from geocam.products import composite_source, otsu
 
 ROOT = Path(__file__).resolve().parents[1]
 LANDCOVER = ROOT / "configs" / "landcover_raleigh.yaml"
@@ -153,3 +154,15 @@ def test_quicklook_png(products: Path) -> None:
 def test_otsu_by_hand() -> None:
     values = np.concatenate([np.full(100, 1.0), np.full(100, 5.0)])
     assert 1.0 <= otsu(values) < 5.0
+
+
+def test_composite_source_maps_input_bands_to_a_raster() -> None:
+    first, second = Path("a.tif"), Path("b.tif")
+    pair = ((1, 2, 3, 4), (1, 2, 3, 4))
+    assert composite_source([first, second], pair, (5, 6, 7)) == (second, (1, 2, 3))
+    assert composite_source([first], ((4, 3, 2),), (1, 2, 3)) == (first, (4, 3, 2))
+    assert composite_source([first], (), (3, 2, 1)) == (first, (3, 2, 1))
+    with pytest.raises(GeocamError, match="different rasters"):
+        composite_source([first, second], pair, (3, 5, 6))
+    with pytest.raises(GeocamError, match="do not exist"):
+        composite_source([first, second], pair, (7, 8, 9))
