@@ -45,6 +45,7 @@ class BandAccumulator:
         scale: int = 1,
         finish: Finish = weighted_mean,
         strip: int = BLOCK,
+        start: int = 0,
     ) -> None:
         self.scale = scale
         self.height = -(-height // scale)  # rows and columns of the (coarser) output grid
@@ -55,7 +56,8 @@ class BandAccumulator:
         self.capacity = strip + -(-tile_rows // scale) + 2
         self.sums = np.zeros((bands, self.capacity, self.width), dtype=np.float32)
         self.weights = np.zeros((self.capacity, self.width), dtype=np.float32)
-        self.start = 0  # output row held at index 0 of the band
+        self.start = start  # output row held at index 0 of the band
+        self.origin = start  # rows above it were stored by an earlier run: contributions dropped
 
     def add(self, window: Window, values: np.ndarray, weights: np.ndarray) -> None:
         """Add ``values`` ``(bands, h, w)`` with per-pixel ``weights`` ``(h, w)`` (0 = nodata)."""
@@ -63,6 +65,11 @@ class BandAccumulator:
         weighted = values * weights
         if self.scale > 1:
             weighted, weights, row, col = self._to_cells(weighted, weights, row, col)
+        if row < self.origin:  # a resumed run: keep only the rows still missing
+            cut = min(self.origin - row, weights.shape[0])
+            weighted, weights, row = weighted[:, cut:], weights[cut:], row + cut
+            if weights.shape[0] == 0:
+                return
         top = row - self.start
         if top < 0 or top + weights.shape[0] > self.capacity:
             raise RuntimeError(
@@ -89,6 +96,11 @@ class BandAccumulator:
         cell_w = padded_w.reshape(cells_h, s, cells_w, s).sum(axis=(1, 3))
         cell_v = padded_v.reshape(-1, cells_h, s, cells_w, s).sum(axis=(2, 4))
         return cell_v, cell_w, row // s, col // s
+
+    def ready(self, final_row: int | None = None) -> bool:
+        """Whether :meth:`flush` with ``final_row`` would hand a strip to the sink."""
+        limit = self.height if final_row is None else min(self.height, final_row // self.scale)
+        return self.start < self.height and min(self.start + self.strip, self.height) <= limit
 
     def flush(self, final_row: int | None = None) -> None:
         """Hand every complete strip above source row ``final_row`` (None: all rows) to the sink."""

@@ -137,22 +137,32 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
             quiet: bool, verbose: bool) -> None:  # fmt: skip
     """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
     from geocam.config import load_config
+    from geocam.errors import GeocamError
     from geocam.output import check_destination
     from geocam.products import (
         GisOptions,
         composite_source,
         gis_paths,
         region_outline,
+        threshold_percentile,
         write_gis_products,
     )
     from geocam.raster import explain_raster
     from geocam.scene import Explanation, Products, Runtime, Tiling
 
+    if out.is_dir():
+        raise GeocamError(f"--out {out} is a folder; give a file name, e.g. {out / 'heatmap.tif'}")
+    out = out if out.suffix else out.with_suffix(".tif")  # where the heatmap goes
     preset = load_config(config)
     gis = GisOptions(qml, overlay, quicklook, hotspots, hotspot_threshold, hotspot_format)
     for path in gis_paths(out, gis).values():
         check_destination(path, overwrite)
-    source, rgb = composite_source(sources, preset.spec.bands, preset.rgb or (1, 2, 3))
+    if hotspots:
+        threshold_percentile(hotspot_threshold)  # a bad rule fails now, not after the run
+    source, rgb = sources[0], tuple(preset.rgb or (1, 2, 3))
+    if quicklook:  # checked before the run; without bands the network reads every band
+        every = (tuple(range(1, preset.spec.in_channels + 1)),)
+        source, rgb = composite_source(sources, preset.spec.bands or every, rgb)
     class_map = class_map or (quicklook and region == "predicted")  # the quicklook's outline
     report = explain_raster(
         list(sources),
@@ -168,7 +178,7 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
             score=score,  # type: ignore[arg-type]
         ),
         tiling=Tiling(
-            tile=tile or preset.tile,
+            tile=preset.tile if tile is None else tile,
             overlap=preset.overlap if overlap is None else overlap,
             batch_size=batch_size,
         ),
@@ -189,9 +199,16 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
     outline = region_outline(
         region, where, report.outputs.get("classes"), preset.spec.class_index(classes[0])
     )
-    report.outputs |= write_gis_products(
-        out, source, gis, rgb=rgb, region=outline, overwrite=overwrite
-    )
+    try:
+        report.outputs |= write_gis_products(
+            out, source, gis, rgb=rgb, region=outline, overwrite=overwrite
+        )
+    except BaseException:  # all or nothing: a failed command leaves no outputs behind
+        for name, path in report.outputs.items():
+            path.unlink(missing_ok=True)
+            if name == "classes":
+                Path(f"{path}.aux.xml").unlink(missing_ok=True)
+        raise
     if not quiet:
         for name, path in report.outputs.items():
             click.echo(f"{name}: {path}")

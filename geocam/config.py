@@ -64,6 +64,8 @@ class Preset:
 def load_config(path: str | Path) -> Preset:
     """Read and validate a YAML preset; every problem names the field and the file."""
     path = Path(path)
+    if path.is_dir():
+        raise GeocamError(f"config {path} is a folder; give the path of a YAML file")
     if not path.is_file():
         raise GeocamError(f"config {path} does not exist")
     try:
@@ -71,7 +73,9 @@ def load_config(path: str | Path) -> Preset:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise GeocamError(f"config {path}: invalid YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        detail = f" ({' '.join(str(problem).split())})" if problem else ""
+        raise GeocamError(f"config {path}: invalid YAML{where}{detail}; fix the syntax") from None
     except UnicodeDecodeError:
         raise GeocamError(f"config {path}: not a text file") from None
     if not isinstance(data, dict):
@@ -95,7 +99,7 @@ class _Reader:
     def get(self, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
         if name not in self.data or self.data[name] is None:
             if default is ...:
-                self.fail(name, "missing")
+                self.fail(name, "missing; this field is required")
             return default
         value = self.data[name]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -132,19 +136,22 @@ class _Reader:
         if method not in METHODS:
             self.fail("method", f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         normalisation = self.normalisation(in_channels)
-        try:
+        arch, encoder = self.get("arch", str), self.get("encoder", str)
+        layer, factory = self.get("layer", str, None), self.get("factory", str, "smp")
+        options = self.get("options", dict, {})
+        try:  # only the spec's own checks here: a field's error already names the file
             spec = ModelSpec(
-                arch=self.get("arch", str),
-                encoder=self.get("encoder", str),
+                arch=arch,
+                encoder=encoder,
                 in_channels=in_channels,
                 classes=tuple(classes),
                 bands=tuple(tuple(b) for b in bands),
                 normalisation=normalisation,
-                layer=self.get("layer", str, None),
+                layer=layer,
                 method=method,
                 checkpoint=(self.path.parent / checkpoint) if checkpoint else None,
-                factory=self.get("factory", str, "smp"),
-                options=self.get("options", dict, {}),
+                factory=factory,
+                options=options,
             )
         except GeocamError as exc:
             raise GeocamError(f"config {self.path}: {exc}") from None

@@ -19,6 +19,9 @@ _DRY_RUN_SIZES = (128, 256, 512)
 class LayerInfo:
     """A module whose output is a spatial feature map ``(B, C, h, w)``, measured by a dry run.
 
+    Outputs of 1 x 1 cells (global pools, squeeze-excite vectors) are not maps and not listed:
+    their apparent stride is the dummy's size, which would inflate the network's input multiple.
+
     ``stride`` is the input size divided by the map's size (a float when not whole), ``order``
     the position of the module's first call in the forward pass, ``calls`` how often it runs
     in one pass (a module that runs more than once, like a shared ReLU, cannot be a target).
@@ -46,7 +49,8 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise GeocamError(
-            f"unknown layer {name!r}{hint} (list candidates with geocam.list_layers)"
+            f"unknown layer {name!r}{hint}; list candidates with `geocam layers -c CONFIG` "
+            "(geocam.list_layers in Python)"
         ) from None
 
 
@@ -84,6 +88,8 @@ def _measure(model: nn.Module, dummy: torch.Tensor) -> list[LayerInfo]:
     def recorder(name: str, module: nn.Module) -> Callable[..., None]:
         def hook(_: nn.Module, __: object, output: object) -> None:
             if not isinstance(output, torch.Tensor) or output.ndim != 4:
+                return
+            if output.shape[-2:] == (1, 1):  # a global pool or squeeze-excite vector: no map
                 return
             if name in found:
                 found[name] = replace(found[name], calls=found[name].calls + 1)

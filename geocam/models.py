@@ -7,6 +7,7 @@ geocam without geocam knowing about them. Checkpoints are loaded without executi
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import pickle
 import warnings
@@ -146,12 +147,36 @@ def smp_factory(spec: ModelSpec) -> nn.Module:
             **dict(spec.options),
         )
     except KeyError as exc:
-        raise GeocamError(
-            f"smp cannot build arch={spec.arch!r} with encoder={spec.encoder!r}: {exc}"
-        ) from None
+        raise GeocamError(_unknown_smp_name(spec, exc)) from None
     except TypeError as exc:
         raise GeocamError(f"smp rejected the model options {dict(spec.options)}: {exc}") from None
+    except RuntimeError as exc:  # timm's "Unknown model (NAME)" for a tu- encoder
+        if "Unknown model" not in str(exc):
+            raise
+        raise GeocamError(
+            f"smp cannot build encoder={spec.encoder!r}: timm has no such model; fix encoder in "
+            "the config (tu- plus a name from timm.list_models())"
+        ) from None
     return model
+
+
+def _unknown_smp_name(spec: ModelSpec, error: KeyError) -> str:
+    """Which of arch and encoder smp does not know, with the closest names it does."""
+    import segmentation_models_pytorch as smp
+
+    mapping = getattr(smp, "MODEL_ARCHITECTURES_MAPPING", {})
+    archs = {key.lower(): getattr(cls, "__name__", key) for key, cls in mapping.items()}
+    encoders = list(smp.encoders.get_encoder_names())
+    prefix = f"smp cannot build arch={spec.arch!r} with encoder={spec.encoder!r}"
+    if archs and spec.arch.lower() not in archs:
+        field, wrong, known = "arch", spec.arch, list(archs.values())
+    elif not spec.encoder.startswith("tu-") and spec.encoder not in encoders:
+        field, wrong, known = "encoder", spec.encoder, encoders
+    else:
+        return f"{prefix}: {str(error.args[0] if error.args else error).splitlines()[0]}"
+    close = difflib.get_close_matches(wrong, known, n=3, cutoff=0.5)
+    hint = f"closest: {', '.join(close)}" if close else f"known: {_listing(known, 8)}"
+    return f"{prefix}: no such {field} ({hint}); fix {field} in the config"
 
 
 def model_factories() -> dict[str, ModelFactory]:
@@ -208,14 +233,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc):  # not a pickled object reference: garbage
-            raise GeocamError(f"checkpoint {path} cannot be read as a torch file") from None
+            raise GeocamError(
+                f"checkpoint {path} cannot be read as a torch file; save the weights with "
+                "torch.save(model.state_dict()) or as safetensors"
+            ) from None
         raise GeocamError(
             f"checkpoint {path} holds Python objects, not only tensors; refused (loading it could "
             "run code). Save model.state_dict() or use safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GeocamError(f"checkpoint {path} cannot be read as a torch file: {reason}") from None
+        raise GeocamError(
+            f"checkpoint {path} cannot be read as a torch file ({reason}); save the weights with "
+            "torch.save(model.state_dict()) or as safetensors"
+        ) from None
     if isinstance(data, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(data.get(key), dict):

@@ -142,15 +142,23 @@ def cam_resolution_read(
 
 def hotspot_threshold(values: np.ndarray, rule: str) -> float:
     """The heat above which a cell is a hotspot: ``pNN`` (a percentile) or ``otsu``."""
+    percentile = threshold_percentile(rule)
     finite = values[np.isfinite(values) & (values > 0)]
     if finite.size == 0:
         raise GeocamError("no positive heat in the map: no hotspots to outline")
-    if rule == "otsu":
+    if percentile is None:
         return otsu(finite)
+    return float(np.percentile(finite, percentile))
+
+
+def threshold_percentile(rule: str) -> float | None:
+    """The percentile of a ``pNN`` rule, None for ``otsu``; anything else is an error."""
+    if rule == "otsu":
+        return None
     if rule.startswith("p") and rule[1:].replace(".", "", 1).isdigit():
         percentile = float(rule[1:])
         if 0 < percentile < 100:
-            return float(np.percentile(finite, percentile))
+            return percentile
     raise GeocamError(f"--hotspot-threshold {rule!r}: use pNN (e.g. p95) or otsu")
 
 
@@ -323,26 +331,40 @@ def write_gis_products(
     region: Callable[[Grid], np.ndarray] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Path]:
-    """Make every product ``options`` asks for; ``region`` reads the quicklook's outline."""
+    """Make every product ``options`` asks for; ``region`` reads the quicklook's outline.
+
+    All or nothing: when one product fails, those already written by this call are removed.
+    """
     paths = gis_paths(heatmap, options)
     band = options.band
-    if "qml" in paths:
-        write_qml(heatmap, band, overwrite)
-    if "overlay" in paths:
-        write_overlay(heatmap, paths["overlay"], band, overwrite)
-    if "hotspots" in paths:
-        write_hotspots(heatmap, paths["hotspots"], band, options.hotspot_threshold, overwrite)
-    if "quicklook" in paths:
-        outline = None
-        if region is not None:
-            with rasterio.open(heatmap) as dataset:
-                values, transform = cam_resolution_read(dataset, band, 1200)
-                grid = Grid(dataset.crs, transform, values.shape[1], values.shape[0])
-            outline = region(grid)
-        write_quicklook(
-            heatmap, source, paths["quicklook"], rgb=rgb, band=band, region=outline,
-            overwrite=overwrite,
-        )  # fmt: skip
+    written: list[Path] = []
+    try:
+        if "qml" in paths:
+            written.append(write_qml(heatmap, band, overwrite))
+        if "overlay" in paths:
+            written.append(write_overlay(heatmap, paths["overlay"], band, overwrite))
+        if "hotspots" in paths:
+            written.append(
+                write_hotspots(
+                    heatmap, paths["hotspots"], band, options.hotspot_threshold, overwrite
+                )
+            )
+        if "quicklook" in paths:
+            outline = None
+            if region is not None:
+                with rasterio.open(heatmap) as dataset:
+                    values, transform = cam_resolution_read(dataset, band, 1200)
+                    grid = Grid(dataset.crs, transform, values.shape[1], values.shape[0])
+                outline = region(grid)
+            quicklook = write_quicklook(
+                heatmap, source, paths["quicklook"], rgb=rgb, band=band, region=outline,
+                overwrite=overwrite,
+            )  # fmt: skip
+            written.append(quicklook)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return paths
 
 

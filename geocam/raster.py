@@ -6,6 +6,7 @@ Thin layers over :func:`geocam.scene.explain_scene` that choose the source and t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,8 +15,9 @@ import rasterio
 from torch import nn
 
 from geocam.errors import GeocamError
+from geocam.journal import Journal, journal_folder
 from geocam.models import ModelSpec, build_model, file_sha256
-from geocam.output import ArraySink, GeoTiffWriter, check_destination
+from geocam.output import ArraySink, GeoTiffWriter, StripSink, check_destination
 from geocam.scene import (
     Explanation,
     Products,
@@ -57,12 +59,18 @@ def explain_raster(
     products: Products | None = None,
     nodata: float | None = None,
     model: nn.Module | None = None,
+    resume: bool = False,
 ) -> SceneReport:
     """Explain one scene (one or more stacked rasters) and write its GeoTIFF products.
 
     The heatmap goes to ``out`` (bands: positive and signed map per class); probabilities and
     the class map, when asked for, go beside it. Every file is written to a partial file and
     renamed into place only when complete. ``nodata`` overrides the sources' own nodata.
+
+    Progress is kept in ``OUT.resume`` while the run works (see :mod:`geocam.journal`). It is
+    removed on success and on errors, and kept when the run is killed or interrupted; with
+    ``resume`` a later run with the same inputs and settings continues from it and writes
+    outputs bitwise identical to an uninterrupted run's.
     """
     products = products or Products()
     paths = product_paths(out, products)
@@ -77,7 +85,7 @@ def explain_raster(
     extra_tags["GEOCAM_VERSION"] = __version__
     writers: dict[str, GeoTiffWriter] = {}
 
-    def sink(product: ProductSpec) -> GeoTiffWriter:
+    def sink(product: ProductSpec) -> StripSink:
         writer = GeoTiffWriter(
             paths[product.name],
             product.grid,
@@ -91,17 +99,28 @@ def explain_raster(
             cog=products.cog,
         )
         writers[product.name] = writer
-        return writer
+        return journal.record(product.name, writer)
 
     cache_mb = (runtime or Runtime()).gdal_cache_mb
     with (
         rasterio.Env(GDAL_CACHEMAX=cache_mb),
         RasterSource(_as_list(sources), spec.bands, nodata=nodata) as source,
     ):
+        fingerprint = {
+            "sources": [_file_identity(Path(p)) for p in _as_list(sources)],
+            "spec": repr(spec),
+            "explanation": repr(explanation),
+            "tiling": repr(tiling or Tiling()),
+            "precision": (runtime or Runtime()).precision,
+            "products": repr(replace(products, overwrite=False)),
+            "nodata": repr(nodata),
+            "tags": extra_tags,
+        }
+        journal = Journal(journal_folder(paths["heatmap"]), fingerprint, resume=resume)
         try:
             report = explain_scene(
                 network, spec, source, explanation, sink,
-                tiling=tiling, runtime=runtime, products=products,
+                tiling=tiling, runtime=runtime, products=products, checkpoint=journal,
             )  # fmt: skip
             region = {
                 f"GEOCAM_REGION_PIXELS_{k.upper()}": f"{v:.0f}"
@@ -109,12 +128,21 @@ def explain_raster(
             }
             for writer in writers.values():
                 writer.commit(region)
-        except BaseException:
+        except BaseException as error:
             for writer in writers.values():
                 writer.abort()
+            if not isinstance(error, KeyboardInterrupt):
+                journal.discard()  # kept only for a run that was stopped, to be resumed
             raise
+    journal.discard()
     report.outputs = {name: paths[name] for name in writers}
     return report
+
+
+def _file_identity(path: Path) -> list[object]:
+    """Path, size and modification time: enough to notice that a source changed."""
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
 def explain_xarray(

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioIOError
@@ -24,7 +25,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from geocam.errors import GeocamError
-from geocam.sources import Grid
+from geocam.sources import Grid, _first_line
 
 
 def open_region(text: str, grid: Grid, where: str | None = None) -> MaskRegion | ShapeRegion:
@@ -66,11 +67,28 @@ class MaskRegion:
                     f"--region mask: {path} is on another grid and has no georeferencing to "
                     "align it; georeference it or resample it onto the source's grid"
                 )
+            if not _overlaps(transform_bounds(dataset.crs, grid.crs, *dataset.bounds), grid):
+                raise GeocamError(
+                    f"--region mask: {path} does not overlap the scene; check its extent and CRS"
+                )
             self.reader = WarpedVRT(
                 dataset, crs=grid.crs, transform=grid.transform, width=grid.width,
                 height=grid.height, resampling=Resampling.nearest, nodata=0,
             )  # fmt: skip
         self.name = f"mask:{path.name}"
+        if not self._any(grid):
+            raise GeocamError(
+                f"--region mask: {path} has no non-zero pixels over the scene; nothing to "
+                "explain: check the mask"
+            )
+
+    def _any(self, grid: Grid, rows: int = 1024) -> bool:
+        """Whether any pixel of the scene is in the region (stops at the first strip with one)."""
+        for row in range(0, grid.height, rows):
+            strip = Window(0, row, grid.width, min(rows, grid.height - row))
+            if self.read(strip).any():
+                return True
+        return False
 
     def read(self, window: Window) -> np.ndarray:
         """1 inside the region, 0 outside (and where the mask has nodata)."""
@@ -90,7 +108,9 @@ class ShapeRegion:
             transform=grid.transform, dtype="uint8", all_touched=True,
         ) if grid.height * grid.width <= 50_000_000 else None  # fmt: skip
         if probe is not None and not probe.any():
-            raise GeocamError(f"--region {name}: the region lies outside the scene")
+            raise GeocamError(
+                f"--region {name}: the region lies outside the scene; check its coordinates and CRS"
+            )
 
     @classmethod
     def from_vector(
@@ -102,6 +122,14 @@ class ShapeRegion:
         if not path.exists():
             raise GeocamError(f"--region vector: {path} does not exist")
         field, value = _parse_where(where)
+        try:
+            layers = fiona.listlayers(path)
+        except (fiona.errors.DriverError, ValueError) as exc:
+            raise GeocamError(f"--region vector: cannot read {path}: {_first_line(exc)}") from None
+        if layer is not None and layer not in layers:
+            raise GeocamError(
+                f"--region vector:{path}:{layer}: no layer {layer!r}; layers: {', '.join(layers)}"
+            )
         try:
             with fiona.open(path, layer=layer) as collection:
                 if not collection.crs:
@@ -121,11 +149,21 @@ class ShapeRegion:
                     and (field is None or str(feature.properties[field]) == value)
                 ]
         except (fiona.errors.DriverError, ValueError) as exc:
-            raise GeocamError(f"--region vector: cannot read {path}: {exc}") from None
+            raise GeocamError(f"--region vector: cannot read {path}: {_first_line(exc)}") from None
+        if not geometries and field is not None:
+            raise GeocamError(
+                f"--where {field}={value}: no features in {path} match; check the field's values"
+            )
         if not geometries:
-            raise GeocamError(f"--region vector: no features in {path} match" + (
-                f" {field}={value}" if field else ""))  # fmt: skip
-        shapes = [transform_geom(source_crs, grid.crs, dict(g)) for g in geometries]
+            raise GeocamError(f"--region vector: {path} has no features; give a file with polygons")
+        try:
+            shapes = [transform_geom(source_crs, grid.crs, dict(g)) for g in geometries]
+        except CPLE_BaseError as exc:
+            raise GeocamError(
+                f"--region vector: cannot reproject {path} from {source_crs.to_string()} to the "
+                f"scene's CRS ({_first_line(exc)}); check that the file declares the CRS of its "
+                "coordinates"
+            ) from None
         name = f"vector:{path.name}" + (f":{layer}" if layer else "")
         return cls(shapes, grid, name + (f" where {field}={value}" if field else ""))
 
@@ -157,6 +195,14 @@ class ShapeRegion:
         )
         weights: np.ndarray = burnt.astype(np.float32)
         return weights
+
+
+def _overlaps(bounds: tuple[float, float, float, float], grid: Grid) -> bool:
+    """Whether map ``bounds`` (left, bottom, right, top) in the grid's CRS touch the grid."""
+    corners = [grid.transform * (col, row) for col in (0, grid.width) for row in (0, grid.height)]
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    left, bottom, right, top = bounds
+    return left < max(xs) and right > min(xs) and bottom < max(ys) and top > min(ys)
 
 
 def _parse_where(where: str | None) -> tuple[str | None, str | None]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol, TypeAlias, TypeVar
@@ -43,7 +43,7 @@ from geocam.device import BatchSizer, Precision, autocast_dtype, resolve_device,
 from geocam.errors import GeocamError
 from geocam.layers import LayerInfo, default_layer, list_layers, resolve_layer
 from geocam.models import ModelSpec
-from geocam.output import Band, StripSink
+from geocam.output import BLOCK, Band, StripSink
 from geocam.region_sources import open_region
 from geocam.regions import Region
 from geocam.sources import Grid, TileSource, read_ahead
@@ -154,10 +154,32 @@ class SceneReport:
     seconds: float
     region_pixels: dict[str, float]
     cached_activations: bool = False
+    resumed_from_row: int = 0
+    """Source rows taken from an earlier, interrupted run (0: computed from the top)."""
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
 SinkFactory = Callable[[ProductSpec], StripSink]
+
+
+class Checkpoint(Protocol):
+    """Durable progress of an earlier, interrupted run (:class:`geocam.journal.Journal`)."""
+
+    def stored_rows(self, product: str) -> int:
+        """How many leading rows of ``product`` are stored."""
+        ...
+
+    def replay(self, product: str, rows: int) -> None:
+        """Hand the stored rows above ``rows`` to the product's sink again."""
+        ...
+
+    def save_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Store what a resumed run needs besides the strips."""
+        ...
+
+    def load_state(self) -> dict[str, np.ndarray] | None:
+        """The stored state, if any."""
+        ...
 
 
 @dataclass
@@ -187,13 +209,18 @@ def explain_scene(
     tiling: Tiling | None = None,
     runtime: Runtime | None = None,
     products: Products | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> SceneReport:
     """Explain ``source`` tile by tile and stream every product into the sinks made for it.
 
     ``sinks`` is called once per product (heatmap first) with its grid, bands and dtype, before
-    any tile is processed. The model is moved to the chosen device.
+    any tile is processed. The model is moved to the chosen device. With a ``checkpoint`` the
+    run stores its progress there and continues from what an earlier run stored: the rows
+    already stored are replayed into the sinks and only the missing ones are computed, with the
+    same tiles and batches, so the result is bitwise identical to an uninterrupted run.
     """
-    return _Scene(model, spec, source, explanation, tiling, runtime, products).run(sinks)
+    scene = _Scene(model, spec, source, explanation, tiling, runtime, products, checkpoint)
+    return scene.run(sinks)
 
 
 class _Scene:
@@ -208,8 +235,10 @@ class _Scene:
         tiling: Tiling | None,
         runtime: Runtime | None,
         products: Products | None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.spec = spec
+        self.checkpoint = checkpoint
         self.source = source
         if isinstance(explanation.region, str) and explanation.region not in ("predicted", "all"):
             opened = open_region(explanation.region, source.grid, explanation.where)
@@ -259,15 +288,20 @@ class _Scene:
         self.sizer = BatchSizer(self.tiling.batch_size)
         self._index = {_key_of(w): i for i, w in enumerate(self.windows)}
         self.skipped = 0
-        self.region_pixels = np.zeros(len(self.classes))
+        self.region_counts = np.zeros((len(self.windows), len(self.classes)))
+        """Region pixels counted per tile (in its core), summed in tile order at the end."""
+        self.resume_row = 0
+        """Source rows an earlier run finished: tiles above them are not computed again."""
 
     # --- the run ---------------------------------------------------------------------------
 
     def run(self, sinks: SinkFactory) -> SceneReport:
         start = time.perf_counter()
         heat_spec, extra_specs = self._product_specs()
-        heat = self._accumulator(heat_spec, sinks(heat_spec))
-        extras = [(s, self._accumulator(s, sinks(s))) for s in extra_specs]
+        made = {spec.name: sinks(spec) for spec in (heat_spec, *extra_specs)}
+        starts, state = self._resume([heat_spec, *extra_specs])
+        heat = self._accumulator(heat_spec, made[heat_spec.name], starts[heat_spec.name])
+        extras = [(s, self._accumulator(s, made[s.name], starts[s.name])) for s in extra_specs]
         passes = (3 if self.explanation.method == "gradcam++" else 2) if self.scene_weights else 1
         bar: tqdm[None] = tqdm(  # type: ignore[assignment]
             total=len(self.windows) * passes,
@@ -277,10 +311,15 @@ class _Scene:
         )
         cached = False
         try:
-            if self.scene_weights:
+            if self.scene_weights and state is not None:  # pass 1 was finished and stored
+                bar.update(len(self.windows) * (passes - 1))
+                weights = torch.from_numpy(state["weights"]).to(self.device)
+                self._map_pass(bar, heat, weights, None, resumed=True)
+            elif self.scene_weights:
                 sums = self._activation_sums(bar) if passes == 3 else None
                 weights, cache = self._global_weights(bar, extras, sums)
                 cached = cache is not None
+                self._save_state(weights)
                 self._map_pass(bar, heat, weights, cache)
             else:
                 self._single_pass(bar, heat, extras)
@@ -294,8 +333,11 @@ class _Scene:
             passes=passes,
             batch_size=self.sizer.size,
             seconds=time.perf_counter() - start,
-            region_pixels=dict(zip(self.class_names, self.region_pixels.tolist(), strict=True)),
+            region_pixels=dict(
+                zip(self.class_names, self.region_counts.sum(axis=0).tolist(), strict=True)
+            ),
             cached_activations=cached,
+            resumed_from_row=self.resume_row,
         )
 
     def _single_pass(
@@ -305,7 +347,7 @@ class _Scene:
         extras: list[tuple[ProductSpec, BandAccumulator]],
     ) -> None:
         """Per-tile maps (local methods, or ``weights="tile"``), blended as they come."""
-        for group in self._groups():
+        for group in self._groups(self.resume_row):
             tiles = [t for t in group if t.pixels is not None]
             results = dict(
                 zip(map(_key, tiles), self._per_tile(tiles, self._tile_maps), strict=True)
@@ -326,7 +368,7 @@ class _Scene:
         )  # fmt: skip
         cores = torch.from_numpy(np.stack([self._core_mask(t) for t in tiles])).to(self.device)
         in_cores = grads.region * cores[:, None]  # count every region pixel once
-        self.region_pixels += in_cores.sum(dim=(0, 2, 3)).cpu().numpy()
+        self._count_region(tiles, in_cores.sum(dim=(2, 3)))
         signed = combine(self.explanation.method, grads.activations, grads.gradients)
         return list(zip(signed, grads.output, strict=True))
 
@@ -405,7 +447,7 @@ class _Scene:
             self.model, images, self.classes, self.layer,
             region=region, valid=valid, options=self.options,
         )  # fmt: skip
-        self.region_pixels += grads.region_pixels.sum(0).cpu().numpy()
+        self._count_region(tiles, grads.region_pixels)
         return list(zip(grads.activations, grads.gradients, grads.output, strict=True))
 
     def _map_pass(
@@ -414,18 +456,25 @@ class _Scene:
         heat: BandAccumulator,
         weights: torch.Tensor,
         cache: dict[tuple[int, int], _Cached] | None,
+        *,
+        resumed: bool = False,
     ) -> None:
-        """Pass 2: every tile's map with the scene's weights (from the cache: no reading)."""
+        """Pass 2: every tile's map with the scene's weights (from the cache: no reading).
+
+        Without a cache the activations come from another forward pass; a resumed run takes
+        them from the same function as the run it resumes (pass 1's when that one cached).
+        """
+        recompute = self._activations
+        if resumed and self._cache_fits():
+            recompute = self._pass_one_activations
         if cache is None:
-            groups = self._groups()
+            groups = self._groups(self.resume_row)
         else:  # pass 1 kept each tile's activations and validity; absent tiles were nodata
             groups = iter([[self._cached_tile(w, cache.get(_key_of(w))) for w in self.windows]])
         for group in groups:
             tiles = [t for t in group if t.pixels is not None]
             if cache is None:
-                found = dict(
-                    zip(map(_key, tiles), self._per_tile(tiles, self._activations), strict=True)
-                )
+                found = dict(zip(map(_key, tiles), self._per_tile(tiles, recompute), strict=True))
             for tile in group:
                 if tile.pixels is not None:
                     acts = found[_key(tile)] if cache is None else cache.pop(_key(tile)).activations
@@ -435,6 +484,9 @@ class _Scene:
                     self._add_heat(heat, tile, signed)
                 self._flush(tile, heat)
                 bar.update()
+
+    def _pass_one_activations(self, tiles: Sequence[_Tile]) -> list[torch.Tensor]:
+        return [acts for acts, _, _ in self._tile_gradients(tiles)]
 
     def _cached_tile(self, window: Window, cached: _Cached | None) -> _Tile:
         """A tile of pass 2 rebuilt from the cache (no pixels are read again)."""
@@ -450,9 +502,16 @@ class _Scene:
 
     # --- tiles -----------------------------------------------------------------------------
 
-    def _groups(self) -> Iterator[list[_Tile]]:
-        """Consecutive tiles, up to a batch of valid ones each, read ahead in a thread."""
+    def _groups(self, after_row: int = 0) -> Iterator[list[_Tile]]:
+        """Consecutive tiles, up to a batch of valid ones each, read ahead in a thread.
+
+        Groups whose tiles all end above source row ``after_row`` (finished by an earlier run)
+        are left out; the others are the same batches as in an uninterrupted run.
+        """
         self.skipped = 0
+
+        def needed(group: list[_Tile]) -> bool:
+            return any(t.window.row_off + t.window.height > after_row for t in group)
 
         def produce() -> Iterator[list[_Tile]]:
             group: list[_Tile] = []
@@ -465,9 +524,10 @@ class _Scene:
                     valid_count += 1
                 group.append(tile)
                 if valid_count == self.tiling.batch_size:
-                    yield group
+                    if needed(group):
+                        yield group
                     group, valid_count = [], 0
-            if group:
+            if group and needed(group):
                 yield group
 
         return read_ahead(produce(), self.tiling.read_ahead)
@@ -568,21 +628,26 @@ class _Scene:
             "GEOCAM_PRECISION": self.runtime.precision,
         }
 
-    def _accumulator(self, spec: ProductSpec, sink: StripSink) -> BandAccumulator:
+    def _accumulator(self, spec: ProductSpec, sink: StripSink, start: int) -> BandAccumulator:
         grid = self.source.grid
         bands, finish = len(spec.bands), weighted_mean
         if spec.name == "classes":
             bands, finish = len(self.spec.classes), _argmax_classes
-        native = spec.name == "heatmap" and self.products.resolution == "native"
         return BandAccumulator(
             bands,
             grid.height,
             grid.width,
             self.layout.tile,
             sink,
-            scale=self.stride if native else 1,
+            scale=self._scale(spec),
             finish=finish,
+            start=start,
         )
+
+    def _scale(self, spec: ProductSpec) -> int:
+        """Source pixels per output pixel of a product (the stride for a native heatmap)."""
+        native = spec.name == "heatmap" and self.products.resolution == "native"
+        return self.stride if native else 1
 
     def _crop(self, tile: _Tile, maps: torch.Tensor) -> np.ndarray:
         """Upsample ``(K, h, w)`` maps to the padded tile and crop to the window, as numpy."""
@@ -629,8 +694,63 @@ class _Scene:
         index = self._index[_key(tile)]
         following = self.windows[index + 1] if index + 1 < len(self.windows) else None
         final = None if following is None else int(following.row_off)
+        if not self.scene_weights and any(acc.ready(final) for acc in accumulators):
+            self._save_state(None)  # the region counts of every tile whose rows get stored
         for acc in accumulators:
             acc.flush(final)
+
+    # --- resuming --------------------------------------------------------------------------
+
+    def _count_region(self, tiles: Sequence[_Tile], counts: torch.Tensor) -> None:
+        for tile, count in zip(tiles, counts.double().cpu().numpy(), strict=True):
+            self.region_counts[self._index[_key(tile)]] = count
+
+    def _save_state(self, weights: torch.Tensor | None) -> None:
+        if self.checkpoint is None:
+            return
+        state = {"region": self.region_counts}
+        if weights is not None:
+            state["weights"] = weights.detach().cpu().numpy()
+        self.checkpoint.save_state(state)
+
+    def _resume(
+        self, specs: Sequence[ProductSpec]
+    ) -> tuple[dict[str, int], dict[str, np.ndarray] | None]:
+        """Rows of each product an earlier run stored (replayed now), and its state.
+
+        Scene weights resume after pass 1 only (the extra products are complete then); every
+        product restarts on a common source row that is a whole number of strips of each.
+        """
+        starts = {spec.name: 0 for spec in specs}
+        checkpoint = self.checkpoint
+        if checkpoint is None:
+            return starts, None
+        state = checkpoint.load_state()
+        height = self.source.grid.height
+        done = {s.name: checkpoint.stored_rows(s.name) >= s.grid.height for s in specs}
+        if self.scene_weights:
+            extras_done = all(done[s.name] for s in specs[1:])
+            if state is None or "weights" not in state or not extras_done:
+                state = None
+            active = [specs[0]] if state is not None else []
+            for spec in specs[1:]:
+                starts[spec.name] = spec.grid.height if state is not None else 0
+        else:
+            active = list(specs) if state is not None else []
+        if active:
+            rows = [
+                height if done[s.name] else checkpoint.stored_rows(s.name) * self._scale(s)
+                for s in active
+            ]
+            unit = max(BLOCK * self._scale(s) for s in active)
+            row = min(rows) if min(rows) >= height else min(rows) // unit * unit
+            for spec in active:
+                starts[spec.name] = spec.grid.height if row >= height else row // self._scale(spec)
+            self.resume_row = row
+            self.region_counts = state["region"].copy() if state is not None else self.region_counts
+        for spec in specs:
+            checkpoint.replay(spec.name, starts[spec.name])
+        return starts, state
 
 
 def _key_of(window: Window) -> tuple[int, int]:

@@ -124,13 +124,30 @@ class RasterSource:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 dataset = rasterio.open(path)
         except RasterioIOError as exc:
-            raise GeocamError(f"{path}: not a readable raster ({_first_line(exc)})") from None
+            detail = _first_line(exc).replace(f"'{path}' ", "").removeprefix(f"{path.name}: ")
+            raise GeocamError(
+                f"{path}: not a readable raster ({detail}); give a GeoTIFF or another format "
+                "GDAL opens"
+            ) from None
         self._opened.append(dataset)
+        no_transform = dataset.transform == Affine.identity()
+        if dataset.crs is None and no_transform:
+            raise GeocamError(
+                f"{path}: the raster has no CRS and no geotransform; georeference it "
+                "(gdal_edit.py -a_srs and -a_ullr, or copy them from the matching image)"
+            )
         if dataset.crs is None:
             raise GeocamError(f"{path}: the raster has no CRS; assign one (gdal_edit.py -a_srs)")
-        if dataset.transform == Affine.identity():
+        if no_transform:
             raise GeocamError(
                 f"{path}: the raster has no geotransform; georeference it (gdal_edit.py -a_ullr)"
+            )
+        complex_bands = [i for i, t in enumerate(dataset.dtypes, 1) if t.startswith("complex")]
+        if complex_bands:
+            raise GeocamError(
+                f"{path}: band(s) {complex_bands} hold complex values "
+                f"({dataset.dtypes[complex_bands[0] - 1]}), which a network cannot read; "
+                "convert them to real bands first (e.g. amplitude with gdal_calc.py)"
             )
         return dataset
 
@@ -168,12 +185,19 @@ class RasterSource:
         """The window's selected bands, stacked, as float32, and where they are valid."""
         stacks: list[np.ndarray] = []
         valid = np.ones((int(window.height), int(window.width)), dtype=bool)
-        for dataset, bands in zip(self._datasets, self.bands, strict=True):
-            data = dataset.read(list(bands), window=window).astype(np.float32)
-            if self.nodata is not None:
-                band_valid = data != np.float32(self.nodata)
-            else:
-                band_valid = dataset.read_masks(list(bands), window=window) > 0
+        for path, dataset, bands in zip(self.paths, self._datasets, self.bands, strict=True):
+            try:
+                data = dataset.read(list(bands), window=window).astype(np.float32)
+                if self.nodata is not None:
+                    band_valid = data != np.float32(self.nodata)
+                else:
+                    band_valid = dataset.read_masks(list(bands), window=window) > 0
+            except RasterioIOError as exc:
+                rows = f"{int(window.row_off)}-{int(window.row_off + window.height) - 1}"
+                raise GeocamError(
+                    f"{path}: cannot read rows {rows} ({_first_line(exc.__cause__ or exc)}); "
+                    "the file is truncated or damaged: re-create or re-download it"
+                ) from None
             valid &= band_valid.any(axis=0)
             stacks.append(data)
         pixels = np.concatenate(stacks, axis=0)
