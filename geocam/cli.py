@@ -31,7 +31,11 @@ class GeocamGroup(click.Group):
             click.echo(f"geocam: error: {error}", err=True)
             ctx.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
-            click.echo("geocam: interrupted; nothing was written at the destination", err=True)
+            click.echo(
+                "geocam: interrupted; nothing was written at the destination (explain keeps its "
+                "progress in OUT.resume: rerun with --resume to continue)",
+                err=True,
+            )
             ctx.exit(EXIT_INTERRUPTED)
 
 
@@ -125,6 +129,11 @@ def cli(debug: bool) -> None:
     help="pNN (percentile of the positive map) or otsu.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a run that was killed or interrupted, from OUT.resume (same settings).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option("--verbose", "-v", is_flag=True, help="Progress bar even when not on a terminal.")
 def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], out: Path,
@@ -133,7 +142,7 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
             precision: str, weights: str, resolution: str, score: str, nodata: float | None,
             probabilities: bool, class_map: bool, cog: bool, qml: bool, overlay: bool,
             quicklook: bool, hotspots: bool, hotspot_format: str, hotspot_threshold: str,
-            overwrite: bool,
+            overwrite: bool, resume: bool,
             quiet: bool, verbose: bool) -> None:  # fmt: skip
     """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
     from geocam.config import load_config
@@ -195,6 +204,7 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
             overwrite=overwrite,
         ),
         nodata=preset.nodata if nodata is None else nodata,
+        resume=resume,
     )
     outline = region_outline(
         region, where, report.outputs.get("classes"), preset.spec.class_index(classes[0])
@@ -218,6 +228,8 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
             f"({report.skipped} nodata), {report.passes} pass(es), batch {report.batch_size}, "
             f"{report.seconds:.1f} s; region: {pixels}"
         )
+        if report.resumed_from_row:
+            click.echo(f"resumed: rows above {report.resumed_from_row} came from the earlier run")
 
 
 @cli.command()
@@ -276,7 +288,13 @@ def models() -> None:
 
 
 def main() -> None:
-    """Entry point of the ``geocam`` command."""
+    """Entry point of the ``geocam`` command; SIGTERM stops it like Ctrl-C (resumable)."""
+    import signal
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
     cli(prog_name="geocam")
 
 

@@ -17,13 +17,14 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from geocam.errors import GeocamError
-from geocam.output import StripSink
+from geocam.output import StripSink, write_failed
 
 SUFFIX = ".resume"
 STATE = "state.npz"
@@ -48,7 +49,8 @@ class Journal:
                 shutil.rmtree(self.folder)
             self.folder.mkdir()
             try:
-                self._atomic_write(RUN, json.dumps(self.fingerprint, indent=1).encode())
+                text = json.dumps(self.fingerprint, indent=1).encode()
+                self._atomic_write(RUN, lambda handle: handle.write(text))
             except BaseException:
                 self.discard()
                 raise
@@ -92,10 +94,8 @@ class Journal:
         return sorted(found)
 
     def _store_strip(self, product: str, row: int, data: np.ndarray) -> None:
-        temporary = self.folder / f".{product}-{row:09d}.npy"
-        with open(temporary, "wb") as handle:
-            np.save(handle, data, allow_pickle=False)
-        os.replace(temporary, self.folder / f"{product}-{row:09d}.npy")
+        name = f"{product}-{row:09d}.npy"
+        self._atomic_write(name, lambda handle: np.save(handle, data, allow_pickle=False))
 
     def stored_rows(self, product: str) -> int:
         """How many leading rows of ``product`` are stored without a gap."""
@@ -119,10 +119,7 @@ class Journal:
 
     def save_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Store the arrays a resumed run needs besides the strips (replacing earlier ones)."""
-        temporary = self.folder / f".{STATE}"
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **state)  # type: ignore[arg-type]
-        os.replace(temporary, self.folder / STATE)
+        self._atomic_write(STATE, lambda handle: np.savez(handle, **state))  # type: ignore[arg-type]
 
     def load_state(self) -> dict[str, np.ndarray] | None:
         """The stored state, or None when there is none yet."""
@@ -134,10 +131,15 @@ class Journal:
 
     # --- the folder ------------------------------------------------------------------------
 
-    def _atomic_write(self, name: str, content: bytes) -> None:
+    def _atomic_write(self, name: str, write: Callable[[BinaryIO], object]) -> None:
+        """Write a file under a temporary name and rename it: it exists only when complete."""
         temporary = self.folder / f".{name}"
-        temporary.write_bytes(content)
-        os.replace(temporary, self.folder / name)
+        try:
+            with open(temporary, "wb") as handle:
+                write(handle)
+            os.replace(temporary, self.folder / name)
+        except OSError as error:
+            raise write_failed(self.folder / name, error) from error
 
     def discard(self) -> None:
         """Delete the folder (after success, or after an error that makes it useless)."""

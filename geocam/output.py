@@ -19,6 +19,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from geocam.errors import GeocamError
@@ -83,11 +84,21 @@ class Band:
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
+def write_failed(path: Path, error: BaseException) -> GeocamError:
+    """The one-line error for a write that failed (disk full, quota, file size limit...)."""
+    reason = getattr(error, "strerror", None) or (str(error).splitlines() or [repr(error)])[0]
+    return GeocamError(
+        f"{path}: writing failed ({reason}); free disk space or choose another output folder"
+    )
+
+
 def check_destination(path: Path, overwrite: bool) -> None:
     """Refuse an existing output without ``overwrite`` and a folder that cannot take it."""
     if path.exists() and not overwrite:
         raise GeocamError(f"{path} exists; pass --overwrite to replace it")
     folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise GeocamError(f"{folder} is a file, not a folder; choose another --out")
     if not folder.is_dir():
         raise GeocamError(f"{folder}: output folder does not exist; create it first")
     if not os.access(folder, os.W_OK):
@@ -187,6 +198,8 @@ class GeoTiffWriter:
 
     def _raise_pending(self) -> None:
         if self._error is not None:
+            if isinstance(self._error, OSError | RasterioError):
+                raise write_failed(self.partial, self._error) from self._error
             raise self._error
 
     def commit(self, tags: Mapping[str, str] | None = None) -> Path:
@@ -197,14 +210,17 @@ class GeoTiffWriter:
         """
         self._stop_worker()
         self._raise_pending()
-        for index, stats in enumerate(self.stats, start=1):
-            self._dataset.update_tags(index, **stats.tags())
-        if tags:
-            self._dataset.update_tags(**tags)
-        self._dataset.close()
-        if self.cog:
-            self._to_cog()
-        os.replace(self.partial, self.path)
+        try:
+            for index, stats in enumerate(self.stats, start=1):
+                self._dataset.update_tags(index, **stats.tags())
+            if tags:
+                self._dataset.update_tags(**tags)
+            self._dataset.close()  # writes the blocks still cached: may fail on a full disk
+            if self.cog:
+                self._to_cog()
+            os.replace(self.partial, self.path)
+        except (OSError, RasterioError) as error:
+            raise write_failed(self.partial, error) from error
         if self.categories is not None:
             write_category_names(self.path, self.categories)
         return self.path

@@ -323,6 +323,8 @@ class _Scene:
                 self._map_pass(bar, heat, weights, cache)
             else:
                 self._single_pass(bar, heat, extras)
+                if self.skipped == len(self.windows):
+                    raise self._all_nodata()
         finally:
             bar.close()
         return SceneReport(
@@ -386,7 +388,7 @@ class _Scene:
                 total = part if total.numel() == 0 else total + part
             bar.update(len(group))
         if total.numel() == 0:
-            raise GeocamError("the scene has no valid pixels: every tile is nodata")
+            raise self._all_nodata()
         return total
 
     def _activations(self, tiles: Sequence[_Tile]) -> list[torch.Tensor]:
@@ -426,7 +428,7 @@ class _Scene:
                 self._flush(tile, *(acc for _, acc in extras))
                 bar.update()
         if total.numel() == 0:
-            raise GeocamError("the scene has no valid pixels: every tile is nodata")
+            raise self._all_nodata()
         if self.explanation.method == "gradcam":
             grid = self.source.grid
             total = total / (grid.height * grid.width / self.stride**2)
@@ -701,6 +703,14 @@ class _Scene:
 
     # --- resuming --------------------------------------------------------------------------
 
+    def _all_nodata(self) -> GeocamError:
+        paths = getattr(self.source, "paths", None)
+        names = ", ".join(str(p) for p in paths) if paths else "the scene"
+        return GeocamError(
+            f"{names}: every pixel is nodata (the nodata value, the mask, NaN or inf); nothing "
+            "to explain: check the sources or --nodata"
+        )
+
     def _count_region(self, tiles: Sequence[_Tile], counts: torch.Tensor) -> None:
         for tile, count in zip(tiles, counts.double().cpu().numpy(), strict=True):
             self.region_counts[self._index[_key(tile)]] = count
@@ -767,7 +777,10 @@ def _layer_info(layers: list[LayerInfo], name: str) -> LayerInfo:
             if info.stride != int(info.stride):
                 raise GeocamError(f"layer {name!r} has a fractional stride ({info.stride})")
             return info
-    raise GeocamError(f"layer {name!r} has no spatial output (see geocam.list_layers)")
+    raise GeocamError(
+        f"layer {name!r} has no spatial output or did not run in the forward pass; list the "
+        "candidates with `geocam layers -c CONFIG`"
+    )
 
 
 def _argmax_classes(sums: np.ndarray, weights: np.ndarray) -> np.ndarray:

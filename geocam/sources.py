@@ -118,7 +118,7 @@ class RasterSource:
 
     def _open(self, path: Path) -> DatasetReader:
         if not path.exists():
-            raise GeocamError(f"{path}: no such file")
+            raise GeocamError(f"{path}: no such file; check the path")
         try:
             with warnings.catch_warnings():  # a missing geotransform is reported below
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)

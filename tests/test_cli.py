@@ -103,15 +103,9 @@ def test_vector_region_in_another_crs(shared_data: Path, tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--class", "jungle"], "unknown class 'jungle'"),
-        (["--class", "9"], "class index 9 is out of range"),
-        (["--class", "forest", "--layer", "encoder.nope"], "unknown layer 'encoder.nope'"),
-        (["--class", "forest", "--region", "circle:3"], "--region 'circle:3'"),
-        (["--class", "forest", "--region", "bbox:1,2,3"], "MINX,MINY,MAXX,MAXY"),
-        (["--class", "forest", "--region", "bbox:0,0,10,10"], "outside the scene"),
+        # more bad inputs, each checked for leftovers too, are in test_bad_inputs.py
         (["--class", "forest", "--device", "cuda:3"], "--device cuda:3"),
         (["--class", "forest", "--precision", "fp16", "--device", "cpu"], "fp16 needs"),
-        (["--class", "forest", "--overlap", "400", "--tile", "256"], "lower --overlap"),
     ],
 )
 def test_user_mistakes_exit_with_one_line(

@@ -1,0 +1,5 @@
+"""``python -m geocam``: the same as the ``geocam`` command."""
+
+from geocam.cli import main
+
+main()
