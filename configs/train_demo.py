@@ -124,6 +124,8 @@ class Recipe:
     weight_decay: float = 1e-4
     weight_power: float = 0.25
     """Class weights are ``frequency ** -weight_power`` (0: unweighted, 1: inverse)."""
+    stage: int = -1
+    """The preset's target layer: the encoder's last stage (-1) or an earlier one (-2, ...)."""
 
     @property
     def in_channels(self) -> int:
@@ -244,6 +246,7 @@ RECIPES: dict[str, Recipe] = {
         rgb=(5, 6, 7),
         focus="deforestation",
         weight_power=0.5,
+        stage=-2,  # stride 16: a 697 x 377 scene has only 22 x 12 cells at stride 32
     ),
 }
 
@@ -427,7 +430,7 @@ def train(
     size = checkpoint.stat().st_size
     print(f"wrote {checkpoint} ({size / 1e6:.2f} MB)")
 
-    layer = default_layer(model, in_channels=recipe.in_channels)
+    layer = default_layer(model, in_channels=recipe.in_channels, stage=recipe.stage)
     before = previous_stage(model, layer, recipe.in_channels)
     preset: dict[str, Any] = {
         "name": recipe.name,

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
@@ -184,8 +186,9 @@ def write_hotspots(
 ) -> Path:
     """Polygons where ``band`` exceeds the threshold, at the CAM's own resolution.
 
-    Each polygon carries its area (in the CRS's square units), mean and max heat and the class;
-    written as GeoPackage (``.gpkg``) or GeoJSON (``.geojson``) in the heatmap's CRS.
+    Each polygon carries its area in square metres (geodesic on the ellipsoid for a geographic
+    CRS), mean and max heat and the class; written as GeoPackage (``.gpkg``) or GeoJSON
+    (``.geojson``) in the heatmap's CRS.
     """
     import fiona  # type: ignore[import-untyped]
 
@@ -208,12 +211,12 @@ def write_hotspots(
     sums = np.bincount(labels.ravel(), weights=heat.ravel(), minlength=len(geometries) + 1)
     peaks = np.zeros(len(geometries) + 1)
     np.maximum.at(peaks, labels.ravel(), heat.ravel())
-    cell_area = abs(transform.a * transform.e - transform.b * transform.d)
+    areas = [0.0, *area_m2(geometries, crs)]
     features = [
         {
             "geometry": geometry,
             "properties": {
-                "id": i, "class": klass, "area": float(cells[i] * cell_area),
+                "id": i, "class": klass, "area_m2": areas[i],
                 "mean_heat": float(sums[i] / max(cells[i], 1)), "max_heat": float(peaks[i]),
                 "threshold": threshold,
             },
@@ -222,7 +225,7 @@ def write_hotspots(
     ]  # fmt: skip
     schema = {
         "geometry": "Polygon",
-        "properties": {"id": "int", "class": "str", "area": "float", "mean_heat": "float",
+        "properties": {"id": "int", "class": "str", "area_m2": "float", "mean_heat": "float",
                        "max_heat": "float", "threshold": "float"},
     }  # fmt: skip
     with (
@@ -233,6 +236,31 @@ def write_hotspots(
     ):
         sink.writerecords(features)
     return out
+
+
+def area_m2(polygons: Sequence[Mapping[str, Any]], crs: CRS) -> list[float]:
+    """Areas of GeoJSON-like polygons (holes subtracted) in square metres.
+
+    Geodesic on the CRS's ellipsoid when it is geographic (pyproj), else planar in the CRS's
+    linear unit converted to metres.
+    """
+    from pyproj import CRS as ProjCRS
+
+    geod = ProjCRS.from_wkt(crs.to_wkt()).get_geod() if crs.is_geographic else None
+    factor = 1.0 if geod is not None else float(crs.linear_units_factor[1]) ** 2
+
+    def ring_area(ring: Sequence[Sequence[float]]) -> float:
+        x, y = np.asarray(ring, dtype=np.float64).T
+        if geod is not None:
+            return abs(float(geod.polygon_area_perimeter(x, y)[0]))
+        return abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))) / 2
+
+    areas = []
+    for polygon in polygons:
+        exterior, *holes = polygon["coordinates"]
+        area = ring_area(exterior) - sum(ring_area(hole) for hole in holes)
+        areas.append(area * factor)
+    return areas
 
 
 def write_quicklook(
@@ -272,7 +300,9 @@ def write_quicklook(
     figure, axes = plt.subplots(figsize=(9, 9 * shape[0] / shape[1] + 0.6), dpi=110)
     axes.imshow(image)
     shown = np.ma.masked_where(~np.isfinite(heat) | (heat <= low), heat)
-    layer = axes.imshow(shown, cmap=COLORMAP, vmin=low, vmax=high, alpha=0.6)
+    scaled = np.clip((np.nan_to_num(heat, nan=low) - low) / (high - low), 0, 1)
+    opacity = 0.75 * np.sqrt(scaled)  # weak heat fades into the image, as in the overlay
+    layer = axes.imshow(shown, cmap=COLORMAP, vmin=low, vmax=high, alpha=opacity)
     if region is not None and region.any():
         axes.contour(region.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
     figure.colorbar(layer, ax=axes, fraction=0.035, pad=0.02, label=f"{description} (raw)")

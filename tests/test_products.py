@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from geocam.cli import cli
 from geocam.errors import GeocamError
-from geocam.products import composite_source, otsu
+from geocam.products import area_m2, composite_source, otsu
 
 ROOT = Path(__file__).resolve().parents[1]
 LANDCOVER = ROOT / "configs" / "landcover_raleigh.yaml"
@@ -128,19 +128,20 @@ def test_hotspots(products: Path) -> None:
     threshold = features[0].properties["threshold"]
     for feature in features:
         props = feature.properties
-        assert props["class"] == "forest" and props["area"] > 0
+        assert props["class"] == "forest" and props["area_m2"] > 0
         assert threshold <= props["mean_heat"] <= props["max_heat"]
         xs, ys = zip(*feature.geometry.coordinates[0], strict=True)
         assert bounds.left <= min(xs) and max(xs) <= bounds.right
         assert bounds.bottom <= min(ys) and max(ys) <= bounds.top
-    # polygons follow the CAM's own cells: the scene on a grid of stride-32 cells
+    # polygons follow the CAM's own cells: the scene on a grid of stride-32 cells (EPSG:32119
+    # is in metres, so the areas are the planar ones)
     cell = (
         (bounds.right - bounds.left)
         / math.ceil(489 / 32)
         * (bounds.top - bounds.bottom)
         / (math.ceil(443 / 32))
     )
-    total = sum(f.properties["area"] for f in features)
+    total = sum(f.properties["area_m2"] for f in features)
     assert math.isclose(total / cell, round(total / cell), rel_tol=1e-9)
 
 
@@ -166,3 +167,19 @@ def test_composite_source_maps_input_bands_to_a_raster() -> None:
         composite_source([first, second], pair, (3, 5, 6))
     with pytest.raises(GeocamError, match="do not exist"):
         composite_source([first, second], pair, (7, 8, 9))
+
+
+def square(x0: float, y0: float, side: float) -> list[tuple[float, float]]:
+    return [(x0, y0), (x0 + side, y0), (x0 + side, y0 + side), (x0, y0 + side), (x0, y0)]
+
+
+def test_hotspot_areas_in_square_metres() -> None:
+    feet = rasterio.crs.CRS.from_epsg(2264)  # NC State Plane in US survey feet
+    with_hole = {"coordinates": [square(0, 0, 1000), square(100, 100, 500)]}
+    survey_foot = 1200 / 3937
+    expected = (1000**2 - 500**2) * survey_foot**2
+    assert math.isclose(area_m2([with_hole], feet)[0], expected, rel_tol=1e-9)
+    # one degree square at the equator, against the authalic sphere (R = 6371007.2 m)
+    degree = area_m2([{"coordinates": [square(0, 0, 1)]}], rasterio.crs.CRS.from_epsg(4326))[0]
+    sphere = 6371007.2**2 * math.radians(1) * math.sin(math.radians(1))
+    assert math.isclose(degree, sphere, rel_tol=5e-3)
