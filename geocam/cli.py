@@ -7,6 +7,8 @@ A user mistake prints one line and exits non-zero (``--debug`` shows the traceba
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,36 @@ EXIT_INTERRUPTED = 130
 
 
 class GeocamGroup(click.Group):
-    """A group that turns :class:`GeocamError` into one line on stderr and a non-zero exit."""
+    """A group that turns :class:`GeocamError` into one line on stderr and a non-zero exit.
+
+    Click's own usage errors (a missing option, a bad value) get one line too, with a pointer
+    to the command's ``--help``, instead of the usage text.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the group; in standalone mode print usage errors on one line and exit 2."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as error:
+            where = f"; see {error.ctx.command_path} --help" if error.ctx else ""
+            click.echo(f"geocam: error: {error.format_message().rstrip('.')}{where}", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            click.echo(f"geocam: error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("geocam: aborted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; report user mistakes without a traceback unless ``--debug``."""

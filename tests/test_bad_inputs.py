@@ -206,6 +206,25 @@ def case(case_id: str, make: Make, *expected: str) -> pytest.ParameterSet:
 
 
 CASES = [
+    # --- the command line itself ---------------------------------------------------------------
+    case(
+        "option-class-missing",
+        lambda r: [a for a in r.explain() if a not in ("--class", "water")],
+        "Missing option '--class'",
+        "see geocam explain --help",
+    ),
+    case(
+        "option-batch-size-not-a-number",
+        lambda r: r.explain("--batch-size", "four"),
+        "'--batch-size'",
+        "not a valid integer",
+    ),
+    case(
+        "option-method-unknown",
+        lambda r: r.explain("--method", "shap"),
+        "'--method'",
+        "'shap' is not one of",
+    ),
     # --- the source raster -------------------------------------------------------------------
     case(
         "source-missing",
