@@ -67,6 +67,8 @@ def test_why_deforestation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     inside = metric(text, r"heat share inside the polygon " + NUMBER)
     assert len(inside) == 3 and all(0 <= s <= 1 for s in inside)
     assert re.search(r"hotspots: \d+ polygon", text)
+    near = metric(text, r"near water .*: " + r".* ".join([NUMBER] * 3) + r" of the positive")
+    assert len(near) == 3 and all(0 <= s <= 1 for s in near)
     assert "positive >= max(signed, 0) everywhere: True" in text
     assert "temporary outputs removed: True" in text
 
