@@ -192,7 +192,7 @@ def test_band_count_mismatch_is_a_clear_error() -> None:
 def test_all_nodata_scene_is_a_clear_error() -> None:
     pixels = scene()
     with pytest.raises(
-        geocam.GeocamError, match="every pixel is nodata.*check the sources or --nodata"
+        geocam.GeocamError, match=r"every pixel is nodata.*check the sources or --nodata"
     ):
         run(
             LocalNet().eval(),
