@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -60,16 +61,16 @@ class Journal:
             stored = json.loads((self.folder / RUN).read_text())
         except (OSError, ValueError):
             stored = None
-        if stored != self.fingerprint:
-            changed = sorted(
-                k
-                for k in set(self.fingerprint) | set(stored or {})
-                if (stored or {}).get(k) != self.fingerprint.get(k)
+        if not isinstance(stored, dict):
+            raise GeocamError(
+                f"{self.folder}: {RUN} is missing or unreadable; run without --resume to start over"
             )
+        if stored != self.fingerprint:
+            keys = set(self.fingerprint) | set(stored)
+            changed = sorted(k for k in keys if stored.get(k) != self.fingerprint.get(k))
             raise GeocamError(
                 f"{self.folder}: the interrupted run had other inputs or settings "
-                f"({', '.join(changed) or 'unreadable run.json'}); run without --resume to start "
-                "over"
+                f"({', '.join(changed)}); run without --resume to start over"
             )
 
     # --- strips ----------------------------------------------------------------------------
@@ -77,14 +78,7 @@ class Journal:
     def record(self, product: str, sink: StripSink) -> StripSink:
         """``sink``, wrapped so that every strip written to it is stored first."""
         self._sinks[product] = sink
-        journal = self
-
-        class Recorded:
-            def write(self, row_start: int, data: np.ndarray) -> None:
-                journal._store_strip(product, row_start, data)
-                sink.write(row_start, data)
-
-        return Recorded()
+        return _Recorded(self, product, sink)
 
     def _strips(self, product: str) -> list[tuple[int, Path]]:
         found = []
@@ -93,7 +87,8 @@ class Journal:
                 found.append((int(path.stem.rsplit("-", 1)[1]), path))
         return sorted(found)
 
-    def _store_strip(self, product: str, row: int, data: np.ndarray) -> None:
+    def store_strip(self, product: str, row: int, data: np.ndarray) -> None:
+        """Store one strip of ``product`` starting at ``row``."""
         name = f"{product}-{row:09d}.npy"
         self._atomic_write(name, lambda handle: np.save(handle, data, allow_pickle=False))
 
@@ -144,6 +139,19 @@ class Journal:
     def discard(self) -> None:
         """Delete the folder (after success, or after an error that makes it useless)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """A sink whose strips go to the journal before they reach it."""
+
+    journal: Journal
+    product: str
+    sink: StripSink
+
+    def write(self, row_start: int, data: np.ndarray) -> None:
+        self.journal.store_strip(self.product, row_start, data)
+        self.sink.write(row_start, data)
 
 
 def journal_folder(out: Path) -> Path:

@@ -100,7 +100,7 @@ def test_resumed_run_is_bitwise_identical(
     expected = files(tmp_path / "whole" / "heat.tif")
 
     stored = {"count": 0}
-    original = Journal._store_strip
+    original = Journal.store_strip
 
     def store_then_stop(self: Journal, name: str, row: int, data: np.ndarray) -> None:
         original(self, name, row, data)
@@ -111,7 +111,7 @@ def test_resumed_run_is_bitwise_identical(
 
     out = tmp_path / "stopped" / "heat.tif"
     out.parent.mkdir()
-    monkeypatch.setattr(Journal, "_store_strip", store_then_stop)
+    monkeypatch.setattr(Journal, "store_strip", store_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run(out)
     monkeypatch.undo()
@@ -131,7 +131,7 @@ def test_resume_refuses_a_journal_of_other_settings(
     def stop(self: Journal, name: str, row: int, data: np.ndarray) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Journal, "_store_strip", stop)
+    monkeypatch.setattr(Journal, "store_strip", stop)
     with pytest.raises(KeyboardInterrupt):
         explain_raster(scene, out, SPEC, Explanation(("a",)), tiling=Tiling(128, 32),
                        runtime=QUIET, model=model)  # fmt: skip
