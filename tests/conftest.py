@@ -12,6 +12,20 @@ from torch import nn
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def tiny_preset(classes: str = "[land, water]", tile: int = 64, overlap: int = 16) -> str:
+    """YAML of a small, fast preset: smp Unet resnet18 cut to depth 3, for 3-band uint8 scenes."""
+    return f"""
+arch: Unet
+encoder: resnet18
+in_channels: 3
+classes: {classes}
+normalisation: {{scale: [0.0039, 0.0039, 0.0039], offset: [0, 0, 0]}}
+options: {{encoder_depth: 3, decoder_channels: [16, 8, 8]}}
+tile: {tile}
+overlap: {overlap}
+"""
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real rasters in ../shared/data; tests that need them skip when it is absent."""

@@ -22,7 +22,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, tiny_preset
 from rasterio.transform import from_origin
 from safetensors.torch import save_file
 
@@ -34,16 +34,7 @@ ZURICH = "zurich/img_1091-322_00.tif"  # 175 x 120, 3 x uint8, JPEG strips of 32
 ZURICH_MASK = "zurich/response_img_1091-322_00.tif"  # no CRS, no geotransform
 ANDROS = "andros/RGB.byte.tif"
 
-TINY = """
-arch: Unet
-encoder: resnet18
-in_channels: 3
-classes: [land, water]
-normalisation: {scale: [0.0039, 0.0039, 0.0039], offset: [0, 0, 0]}
-options: {encoder_depth: 3, decoder_channels: [16, 8, 8]}
-tile: 64
-overlap: 16
-"""
+TINY = tiny_preset()
 AUX = TINY.replace("options: {", "options: {aux_params: {classes: 2}, ")  # + a classifier head
 CRS = "EPSG:32618"
 LEFT, TOP, PIXEL = 600_000.0, 4_500_000.0, 10.0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from conftest import tiny_preset
 
 from geocam.cli import cli
 
@@ -19,16 +20,7 @@ LANDCOVER = ROOT / "configs" / "landcover_raleigh.yaml"
 RALEIGH = "raleigh/nc_lsat7_2000_b123457_uint8.tif"
 ANDROS = "andros/RGB.byte.tif"
 
-TINY_RGB = """
-arch: Unet
-encoder: resnet18
-in_channels: 3
-classes: [land, sea]
-normalisation: {scale: [0.0039, 0.0039, 0.0039], offset: [0, 0, 0]}
-options: {encoder_depth: 3, decoder_channels: [16, 8, 8]}
-tile: 256
-overlap: 64
-"""
+TINY_RGB = tiny_preset("[land, sea]", tile=256, overlap=64)
 
 
 def invoke(*args: str) -> tuple[int, str]:
