@@ -117,6 +117,7 @@ def explain_raster(
             "tags": extra_tags,
         }
         journal = Journal(journal_folder(paths["heatmap"]), fingerprint, resume=resume)
+        committed: list[Path] = []
         try:
             report = explain_scene(
                 network, spec, source, explanation, sink,
@@ -127,10 +128,13 @@ def explain_raster(
                 for k, v in report.region_pixels.items()
             }
             for writer in writers.values():
-                writer.commit(region)
+                committed.append(writer.commit(region))
         except BaseException as error:
             for writer in writers.values():
                 writer.abort()
+            for path in committed:  # all or nothing: a product already in place goes too
+                path.unlink(missing_ok=True)
+                Path(f"{path}.aux.xml").unlink(missing_ok=True)
             if not isinstance(error, KeyboardInterrupt):
                 journal.discard()  # kept only for a run that was stopped, to be resumed
             raise

@@ -15,6 +15,7 @@ from torch import nn
 
 import geocam.scene
 from geocam import GeocamError, ModelSpec, Normalisation, build_model
+from geocam.output import GeoTiffWriter
 from geocam.raster import explain_raster, explain_xarray
 from geocam.scene import Explanation, Products, Runtime, Tiling
 
@@ -104,6 +105,26 @@ def test_failure_mid_run_leaves_nothing(
             shared_data / RALEIGH, tmp_path / "heat.tif", spec_for(6), Explanation(("a",)),
             model=small_model, tiling=Tiling(256, 64, batch_size=1), runtime=QUIET,
             products=Products(probabilities=True),
+        )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_while_committing_removes_the_products_already_in_place(
+    shared_data: Path, tmp_path: Path, small_model: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = GeoTiffWriter.commit
+
+    def commit(self: GeoTiffWriter, tags: dict[str, str] | None = None) -> Path:
+        if self.path.name == "heat_classes.tif":  # the heatmap is already in place by now
+            raise OSError(28, "No space left on device")
+        return real(self, tags)
+
+    monkeypatch.setattr(GeoTiffWriter, "commit", commit)
+    with pytest.raises(OSError):
+        explain_raster(
+            shared_data / RALEIGH, tmp_path / "heat.tif", spec_for(6), Explanation(("a",)),
+            model=small_model, tiling=Tiling(256, 64), runtime=QUIET,
+            products=Products(class_map=True),
         )  # fmt: skip
     assert list(tmp_path.iterdir()) == []
 
