@@ -734,3 +734,13 @@ def test_an_unwritable_output_folder_is_named(
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert f"{folder}: output folder is not writable; choose another --out" in result.output
     assert list(folder.iterdir()) == []
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    """With ``--debug`` the same mistake raises, so click's runner sees the exception itself."""
+    run = Run.make(tmp_path)
+    result = CliRunner().invoke(cli, ["--debug", *run.explain(cls="jungle")])
+    assert result.exit_code != 0
+    assert type(result.exception).__name__ == "GeocamError"
+    assert "unknown class 'jungle'" in str(result.exception)
+    assert not run.out.exists()
