@@ -16,6 +16,9 @@ import click
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
+NO_ARGS_IS_HELP: type[click.UsageError] = getattr(
+    click.exceptions, "NoArgsIsHelpError", type("NoArgsIsHelpError", (click.UsageError,), {})
+)  # click >= 8.2 raises it for a group called without a command
 
 
 class GeocamGroup(click.Group):
@@ -38,9 +41,15 @@ class GeocamGroup(click.Group):
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
+        except NO_ARGS_IS_HELP as error:  # ``geocam`` alone: the help, as click shows it
+            click.echo(error.format_message(), err=True)
+            sys.exit(error.exit_code)
         except click.UsageError as error:
-            where = f"; see {error.ctx.command_path} --help" if error.ctx else ""
-            click.echo(f"geocam: error: {error.format_message().rstrip('.')}{where}", err=True)
+            message = error.format_message().rstrip(".")
+            if error.ctx:  # after "Did you mean 'explain'?" a semicolon reads badly
+                help_hint = f"{error.ctx.command_path} --help"
+                message += f" (see {help_hint})" if message.endswith("?") else f"; see {help_hint}"
+            click.echo(f"geocam: error: {message}", err=True)
             sys.exit(error.exit_code)
         except click.ClickException as error:
             click.echo(f"geocam: error: {error.format_message()}", err=True)

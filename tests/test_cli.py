@@ -202,3 +202,13 @@ def test_bbox_in_another_crs(shared_data: Path, tmp_path: Path) -> None:
         pixels = float(heat.tags()["GEOCAM_REGION_PIXELS_FOREST"])
     # a 100 x 100 pixel box, a little distorted by going to lon/lat and back
     assert 0.97 * 100 * 100 <= pixels <= 1.05 * 100 * 100
+
+
+def test_the_group_alone_shows_its_help_and_a_typo_one_line() -> None:
+    alone = CliRunner().invoke(cli, [], prog_name="geocam")
+    assert alone.exit_code != 0 and alone.output.startswith("Usage: geocam")
+    assert "geocam: error" not in alone.output and "explain" in alone.output
+    typo = CliRunner().invoke(cli, ["explian"], prog_name="geocam")
+    assert typo.exit_code == 2
+    assert typo.output.startswith("geocam: error: No such command 'explian'")
+    assert typo.output.count("\n") == 1 and "geocam --help" in typo.output
