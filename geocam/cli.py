@@ -187,7 +187,7 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
     """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
     from geocam.config import load_config
     from geocam.errors import GeocamError
-    from geocam.output import check_destination
+    from geocam.output import check_destination, remove_output
     from geocam.products import (
         GisOptions,
         composite_source,
@@ -254,10 +254,8 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
             out, source, gis, rgb=rgb, region=outline, overwrite=overwrite
         )
     except BaseException:  # all or nothing: a failed command leaves no outputs behind
-        for name, path in report.outputs.items():
-            path.unlink(missing_ok=True)
-            if name == "classes":
-                Path(f"{path}.aux.xml").unlink(missing_ok=True)
+        for path in report.outputs.values():
+            remove_output(path)
         raise
     if not quiet:
         for name, path in report.outputs.items():

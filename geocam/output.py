@@ -129,6 +129,7 @@ class GeoTiffWriter:
         cog: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.committed = False
         self.cog = cog
         self.categories = list(categories) if categories is not None else None
         check_destination(self.path, overwrite)
@@ -221,6 +222,7 @@ class GeoTiffWriter:
             os.replace(self.partial, self.path)
         except (OSError, RasterioError) as error:
             raise write_failed(self.partial, error) from error
+        self.committed = True
         if self.categories is not None:
             write_category_names(self.path, self.categories)
         return self.path
@@ -248,13 +250,24 @@ class GeoTiffWriter:
                 converted.unlink()
 
     def abort(self) -> None:
-        """Close and delete the partial file."""
+        """Close and delete the partial file, or the finished one if already committed.
+
+        The latter keeps a run all or nothing when a later product fails to commit.
+        """
         self._stop_worker()
         if not self._dataset.closed:
             self._dataset.close()
+        if self.committed:
+            remove_output(self.path)
         for leftover in (self.partial, self.partial.with_name(self.partial.name + ".cog")):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+def remove_output(path: Path) -> None:
+    """Delete a finished raster and its GDAL sidecar (``.aux.xml``), if they exist."""
+    path.unlink(missing_ok=True)
+    Path(f"{path}.aux.xml").unlink(missing_ok=True)
 
 
 def class_colours(count: int) -> dict[int, tuple[int, int, int, int]]:

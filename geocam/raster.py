@@ -77,7 +77,9 @@ def explain_raster(
     for path in paths.values():
         check_destination(path, products.overwrite)
     network = build_model(spec) if model is None else model
-    extra_tags = {"GEOCAM_SOURCES": ",".join(Path(p).name for p in _as_list(sources))}
+    source_paths = [Path(p) for p in _as_list(sources)]
+    runtime = runtime or Runtime()
+    extra_tags = {"GEOCAM_SOURCES": ",".join(p.name for p in source_paths)}
     if spec.checkpoint is not None:
         extra_tags["GEOCAM_CHECKPOINT_SHA256"] = file_sha256(spec.checkpoint)
     from geocam import __version__
@@ -101,23 +103,21 @@ def explain_raster(
         writers[product.name] = writer
         return journal.record(product.name, writer)
 
-    cache_mb = (runtime or Runtime()).gdal_cache_mb
     with (
-        rasterio.Env(GDAL_CACHEMAX=cache_mb),
-        RasterSource(_as_list(sources), spec.bands, nodata=nodata) as source,
+        rasterio.Env(GDAL_CACHEMAX=runtime.gdal_cache_mb),
+        RasterSource(source_paths, spec.bands, nodata=nodata) as source,
     ):
         fingerprint = {
-            "sources": [_file_identity(Path(p)) for p in _as_list(sources)],
+            "sources": [_file_identity(p) for p in source_paths],
             "spec": repr(spec),
             "explanation": repr(explanation),
             "tiling": repr(tiling or Tiling()),
-            "precision": (runtime or Runtime()).precision,
+            "precision": runtime.precision,
             "products": repr(replace(products, overwrite=False)),
             "nodata": repr(nodata),
             "tags": extra_tags,
         }
         journal = Journal(journal_folder(paths["heatmap"]), fingerprint, resume=resume)
-        committed: list[Path] = []
         try:
             report = explain_scene(
                 network, spec, source, explanation, sink,
@@ -128,13 +128,10 @@ def explain_raster(
                 for k, v in report.region_pixels.items()
             }
             for writer in writers.values():
-                committed.append(writer.commit(region))
+                writer.commit(region)
         except BaseException as error:
             for writer in writers.values():
-                writer.abort()
-            for path in committed:  # all or nothing: a product already in place goes too
-                path.unlink(missing_ok=True)
-                Path(f"{path}.aux.xml").unlink(missing_ok=True)
+                writer.abort()  # all or nothing: a product already in place goes too
             if not isinstance(error, KeyboardInterrupt):
                 journal.discard()  # kept only for a run that was stopped, to be resumed
             raise
