@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from geocam.errors import GeocamError
+from geocam.errors import GeocamError, first_line
 
 ModelFactory = Callable[["ModelSpec"], nn.Module]
 """A function that builds an (untrained) network from a spec."""
@@ -242,7 +242,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             "run code). Save model.state_dict() or use safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise GeocamError(
             f"checkpoint {path} cannot be read as a torch file ({reason}); save the weights with "
             "torch.save(model.state_dict()) or as safetensors"

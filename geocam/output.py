@@ -22,7 +22,7 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geocam.errors import GeocamError
+from geocam.errors import GeocamError, first_line
 from geocam.sources import Grid
 
 BLOCK = 512
@@ -86,7 +86,7 @@ class Band:
 
 def write_failed(path: Path, error: BaseException) -> GeocamError:
     """The one-line error for a write that failed (disk full, quota, file size limit...)."""
-    reason = getattr(error, "strerror", None) or (str(error).splitlines() or [repr(error)])[0]
+    reason = getattr(error, "strerror", None) or first_line(error)
     return GeocamError(
         f"{path}: writing failed ({reason}); free disk space or choose another output folder"
     )

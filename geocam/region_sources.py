@@ -24,8 +24,8 @@ from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from geocam.errors import GeocamError
-from geocam.sources import Grid, _first_line
+from geocam.errors import GeocamError, first_line
+from geocam.sources import Grid
 
 
 def open_region(text: str, grid: Grid, where: str | None = None) -> MaskRegion | ShapeRegion:
@@ -125,7 +125,7 @@ class ShapeRegion:
         try:
             layers = fiona.listlayers(path)
         except (fiona.errors.DriverError, ValueError) as exc:
-            raise GeocamError(f"--region vector: cannot read {path}: {_first_line(exc)}") from None
+            raise GeocamError(f"--region vector: cannot read {path}: {first_line(exc)}") from None
         if layer is not None and layer not in layers:
             raise GeocamError(
                 f"--region vector:{path}:{layer}: no layer {layer!r}; layers: {', '.join(layers)}"
@@ -149,7 +149,7 @@ class ShapeRegion:
                     and (field is None or str(feature.properties[field]) == value)
                 ]
         except (fiona.errors.DriverError, ValueError) as exc:
-            raise GeocamError(f"--region vector: cannot read {path}: {_first_line(exc)}") from None
+            raise GeocamError(f"--region vector: cannot read {path}: {first_line(exc)}") from None
         if not geometries and field is not None:
             raise GeocamError(
                 f"--where {field}={value}: no features in {path} match; check the field's values"
@@ -161,7 +161,7 @@ class ShapeRegion:
         except CPLE_BaseError as exc:
             raise GeocamError(
                 f"--region vector: cannot reproject {path} from {source_crs.to_string()} to the "
-                f"scene's CRS ({_first_line(exc)}); check that the file declares the CRS of its "
+                f"scene's CRS ({first_line(exc)}); check that the file declares the CRS of its "
                 "coordinates"
             ) from None
         name = f"vector:{path.name}" + (f":{layer}" if layer else "")

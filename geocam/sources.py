@@ -24,7 +24,7 @@ from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geocam.errors import GeocamError
+from geocam.errors import GeocamError, first_line
 
 T = TypeVar("T")
 
@@ -124,7 +124,7 @@ class RasterSource:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 dataset = rasterio.open(path)
         except RasterioIOError as exc:
-            detail = _first_line(exc).replace(f"'{path}' ", "").removeprefix(f"{path.name}: ")
+            detail = first_line(exc).replace(f"'{path}' ", "").removeprefix(f"{path.name}: ")
             raise GeocamError(
                 f"{path}: not a readable raster ({detail}); give a GeoTIFF or another format "
                 "GDAL opens"
@@ -195,7 +195,7 @@ class RasterSource:
             except RasterioIOError as exc:
                 rows = f"{int(window.row_off)}-{int(window.row_off + window.height) - 1}"
                 raise GeocamError(
-                    f"{path}: cannot read rows {rows} ({_first_line(exc.__cause__ or exc)}); "
+                    f"{path}: cannot read rows {rows} ({first_line(exc.__cause__ or exc)}); "
                     "the file is truncated or damaged: re-create or re-download it"
                 ) from None
             valid &= band_valid.any(axis=0)
@@ -261,8 +261,3 @@ def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
                 slots.get_nowait()
             except queue.Empty:
                 worker.join(timeout=0.05)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
