@@ -737,27 +737,23 @@ class _Scene:
             return starts, None
         state = checkpoint.load_state()
         height = self.source.grid.height
-        done = {s.name: checkpoint.stored_rows(s.name) >= s.grid.height for s in specs}
-        if self.scene_weights:
-            extras_done = all(done[s.name] for s in specs[1:])
-            if state is None or "weights" not in state or not extras_done:
-                state = None
-            active = [specs[0]] if state is not None else []
-            for spec in specs[1:]:
-                starts[spec.name] = spec.grid.height if state is not None else 0
-        else:
-            active = list(specs) if state is not None else []
-        if active:
-            rows = [
-                height if done[s.name] else checkpoint.stored_rows(s.name) * self._scale(s)
-                for s in active
-            ]
+        stored = {s.name: checkpoint.stored_rows(s.name) for s in specs}
+        done = {s.name: stored[s.name] >= s.grid.height for s in specs}
+        if self.scene_weights and not all(done[s.name] for s in specs[1:]):
+            state = None  # pass 1 did not finish: it runs again, extra products included
+        if state is not None and (not self.scene_weights or "weights" in state):
+            active = [specs[0]] if self.scene_weights else list(specs)
+            for spec in specs:  # extra products of scene weights are complete
+                starts[spec.name] = spec.grid.height
+            rows = [height if done[s.name] else stored[s.name] * self._scale(s) for s in active]
             unit = max(BLOCK * self._scale(s) for s in active)
             row = min(rows) if min(rows) >= height else min(rows) // unit * unit
             for spec in active:
                 starts[spec.name] = spec.grid.height if row >= height else row // self._scale(spec)
             self.resume_row = row
-            self.region_counts = state["region"].copy() if state is not None else self.region_counts
+            self.region_counts = state["region"].copy()
+        else:
+            state = None
         for spec in specs:
             checkpoint.replay(spec.name, starts[spec.name])
         return starts, state
