@@ -270,14 +270,14 @@ def write_quicklook(
     *,
     rgb: Sequence[int] = (1, 2, 3),
     band: int = 1,
-    region: np.ndarray | None = None,
+    region: Callable[[Grid], np.ndarray] | None = None,
     overwrite: bool = False,
     max_side: int = 1200,
 ) -> Path:
     """A PNG of the source as an RGB composite with the heatmap over it.
 
-    With a colour bar, the region's outline (``region``: a mask on the quicklook's grid) and a
-    title naming class, method, layer and region.
+    With a colour bar, the region's outline (``region`` reads it as a mask on the quicklook's
+    grid) and a title naming class, method, layer and region.
     """
     import matplotlib
 
@@ -285,7 +285,10 @@ def write_quicklook(
     import matplotlib.pyplot as plt
 
     with rasterio.open(heatmap_path) as heatmap:
-        heat, _ = cam_resolution_read(heatmap, band, max_side)
+        heat, transform = cam_resolution_read(heatmap, band, max_side)
+        outline = None
+        if region is not None:
+            outline = region(Grid(heatmap.crs, transform, heat.shape[1], heat.shape[0]))
         tags = heatmap.tags()
         low, high = display_range(heatmap, band)
         description = heatmap.descriptions[band - 1] or ""
@@ -303,8 +306,8 @@ def write_quicklook(
     scaled = np.clip((np.nan_to_num(heat, nan=low) - low) / (high - low), 0, 1)
     opacity = 0.75 * np.sqrt(scaled)  # weak heat fades into the image, as in the overlay
     layer = axes.imshow(shown, cmap=COLORMAP, vmin=low, vmax=high, alpha=opacity)
-    if region is not None and region.any():
-        axes.contour(region.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+    if outline is not None and outline.any():
+        axes.contour(outline.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
     figure.colorbar(layer, ax=axes, fraction=0.035, pad=0.02, label=f"{description} (raw)")
     axes.set_title(
         f"{tags.get('GEOCAM_CLASSES', '')}: {tags.get('GEOCAM_METHOD', '')} at "
@@ -380,14 +383,8 @@ def write_gis_products(
                 )
             )
         if "quicklook" in paths:
-            outline = None
-            if region is not None:
-                with rasterio.open(heatmap) as dataset:
-                    values, transform = cam_resolution_read(dataset, band, 1200)
-                    grid = Grid(dataset.crs, transform, values.shape[1], values.shape[0])
-                outline = region(grid)
             quicklook = write_quicklook(
-                heatmap, source, paths["quicklook"], rgb=rgb, band=band, region=outline,
+                heatmap, source, paths["quicklook"], rgb=rgb, band=band, region=region,
                 overwrite=overwrite,
             )  # fmt: skip
             written.append(quicklook)
