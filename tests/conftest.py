@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import segmentation_models_pytorch as smp
 import torch
+from hypothesis import settings
 from torch import nn
+
+# Property tests draw new examples on every run by default (the point of them, locally). In CI
+# (CI is set, e.g. CI=true) they are derandomised: the examples follow from each test's name,
+# so a CI failure reproduces and a green run stays green. HYPOTHESIS_PROFILE picks one by hand.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "default"))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -153,8 +153,21 @@ def test_quicklook_png(products: Path) -> None:
 
 
 def test_otsu_by_hand() -> None:
+    # Two spikes, 100 values at 1 and 100 at 5, 256 bins over [1, 5]: bin width 4 / 256 =
+    # 1/64, all 1s in bin 0, all 5s in bin 255 (the last bin is closed). A cut after bin k,
+    # for any k in 0..254, puts 100 values at centre 1 + 1/128 below and 100 at centre
+    # 5 - 1/128 above: the between-class variance 100 * 100 * (4 - 1/64)^2 is the same for
+    # every k (no cut after bin 255: nothing above it). The first maximum, k = 0, wins, and
+    # the threshold is its upper edge 1 + 1/64 = 1.015625 (exact in binary).
     values = np.concatenate([np.full(100, 1.0), np.full(100, 5.0)])
-    assert 1.0 <= otsu(values) < 5.0
+    assert otsu(values) == 1.015625
+    # A unique maximum: [0, 0, 1, 2, 4, 4, 4] in 4 bins of width 1 -> counts [2, 1, 1, 3] at
+    # centres [0.5, 1.5, 2.5, 3.5]. Between-class variance w_low * w_high * (m_low - m_high)^2:
+    #   cut after bin 0: 2 * 5 * (0.5 - 14.5/5)^2       = 10 * 2.4^2     = 57.6
+    #   cut after bin 1: 3 * 4 * (2.5/3 - 13/4)^2       = 12 * (29/12)^2 = 70.08
+    #   cut after bin 2: 4 * 3 * (5/4 - 3.5)^2          = 12 * 2.25^2    = 60.75
+    # -> the cut after bin 1, at its upper edge 2.
+    assert otsu(np.array([0.0, 0, 1, 2, 4, 4, 4]), bins=4) == 2.0
 
 
 def test_composite_source_maps_input_bands_to_a_raster() -> None:
