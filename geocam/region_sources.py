@@ -25,7 +25,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from geocam.errors import GeocamError, first_line
-from geocam.sources import Grid
+from geocam.sources import Grid, same_grid
 
 
 def open_region(text: str, grid: Grid, where: str | None = None) -> MaskRegion | ShapeRegion:
@@ -58,10 +58,8 @@ class MaskRegion:
             raise GeocamError(f"--region mask: {path} is not a readable raster") from None
         dataset = self._dataset
         self.reader: Any = dataset
-        same = (dataset.width, dataset.height) == (grid.width, grid.height) and (
-            dataset.transform.almost_equals(grid.transform) and dataset.crs == grid.crs
-        )
-        if not same:
+        own = Grid(dataset.crs, dataset.transform, dataset.width, dataset.height)
+        if not same_grid(grid, own):
             if dataset.crs is None or dataset.transform.is_identity:
                 raise GeocamError(
                     f"--region mask: {path} is on another grid and has no georeferencing to "

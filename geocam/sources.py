@@ -18,7 +18,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
@@ -39,6 +39,26 @@ class Grid:
     height: int
 
 
+def same_grid(a: Grid, b: Grid, tolerance_px: float = 1e-3) -> bool:
+    """Whether ``b`` is ``a``'s grid, up to ``tolerance_px`` of ``a``'s pixels.
+
+    Same CRS and size, and no corner of ``b`` farther than ``tolerance_px`` from the same
+    corner of ``a``, in ``a``'s pixels (an affine map moves no pixel more than its corners).
+    Measured in pixels, not map units: ``Affine.almost_equals``' absolute 1e-5 is a tenth of
+    a pixel of a raster with 1e-4 degree pixels and ten pixels of one with 1e-6 degree pixels.
+    """
+    if a.crs != b.crs or (a.width, a.height) != (b.width, b.height):
+        return False
+    if a.transform.determinant == 0:
+        return a.transform == b.transform
+    to_a = ~a.transform @ b.transform  # b's pixel coordinates -> a's
+    corners = [(col, row) for col in (0, a.width) for row in (0, a.height)]
+    return all(
+        abs(x - col) <= tolerance_px and abs(y - row) <= tolerance_px
+        for (col, row), (x, y) in zip(corners, (to_a * c for c in corners), strict=True)
+    )
+
+
 class TileSource(Protocol):
     """Pixels of a scene, window by window."""
 
@@ -51,7 +71,10 @@ class TileSource(Protocol):
 
 
 class ArraySource:
-    """A scene held in memory as a ``(bands, H, W)`` array (non-finite values are nodata)."""
+    """A scene held in memory as a ``(bands, H, W)`` array.
+
+    A pixel is valid where every band is finite (and ``valid``, when given, is True).
+    """
 
     def __init__(self, pixels: np.ndarray, grid: Grid, valid: np.ndarray | None = None) -> None:
         if pixels.ndim != 3:
@@ -77,9 +100,15 @@ class RasterSource:
     """One or more rasters stacked band-wise as one network input, on the first one's grid.
 
     ``bands`` holds the 1-based bands to read from each raster (empty: all bands of each).
-    Rasters on another grid are warped onto the first one's through ``WarpedVRT``. Nodata
-    comes from each raster's masks, or from ``nodata`` for files that do not declare it; a
-    pixel is valid where any selected band of every raster is valid and all values are finite.
+    Rasters on another grid (:func:`same_grid`) are warped onto the first one's through
+    ``WarpedVRT`` (bilinear, each band's nodata kept apart); where a raster does not reach,
+    the scene is nodata.
+
+    What is nodata, raster by raster: ``nodata`` when given (it overrides the files' own);
+    else the file's own nodata value, internal mask or alpha band; else ``fallback_nodata``
+    (a preset's value, for files that declare none). A pixel is valid only where every
+    selected band of every raster is valid and finite: nodata in one band keeps the whole
+    pixel from the network.
     """
 
     def __init__(
@@ -87,6 +116,7 @@ class RasterSource:
         paths: Sequence[str | Path],
         bands: Sequence[Sequence[int]] = (),
         nodata: float | None = None,
+        fallback_nodata: float | None = None,
     ) -> None:
         if not paths:
             raise GeocamError("give at least one source raster")
@@ -97,24 +127,39 @@ class RasterSource:
             )
         self.paths = [Path(p) for p in paths]
         self.nodata = nodata
+        self.fallback_nodata = fallback_nodata
         self._datasets: list[DatasetReader | WarpedVRT] = []
         self._opened: list[DatasetReader] = []
         try:
-            first = self._open(self.paths[0])
+            opened = [self._open(path) for path in self.paths]
+            first = opened[0]
             self.grid = Grid(first.crs, first.transform, first.width, first.height)
-            self._datasets.append(first)
-            for path in self.paths[1:]:
-                self._datasets.append(self._aligned(self._open(path)))
             self.bands = [
                 self._check_bands(path, ds, tuple(sel) if bands else ())
                 for path, ds, sel in zip(
-                    self.paths, self._datasets, bands or [()] * len(paths), strict=True
+                    self.paths, opened, bands or [()] * len(paths), strict=True
                 )
+            ]
+            self._values = [
+                self._nodata_value(ds, b) for ds, b in zip(opened, self.bands, strict=True)
+            ]
+            self._datasets = [first] + [
+                self._aligned(ds, value)
+                for ds, value in zip(opened[1:], self._values[1:], strict=True)
             ]
         except BaseException:
             self.close()
             raise
         self.count = sum(len(b) for b in self.bands)
+
+    def _nodata_value(self, dataset: DatasetReader, bands: tuple[int, ...]) -> float | None:
+        """The value that marks nodata in ``dataset``; None where its own masks say."""
+        if self.nodata is not None:
+            return self.nodata
+        flags = dataset.mask_flag_enums
+        if any(flags[b - 1] != [MaskFlags.all_valid] for b in bands):
+            return None  # the file declares nodata, a mask or an alpha band
+        return self.fallback_nodata
 
     def _open(self, path: Path) -> DatasetReader:
         if not path.exists():
@@ -151,22 +196,28 @@ class RasterSource:
             )
         return dataset
 
-    def _aligned(self, dataset: DatasetReader) -> DatasetReader | WarpedVRT:
-        grid = self.grid
-        same = (
-            dataset.crs == grid.crs
-            and dataset.transform.almost_equals(grid.transform)
-            and (dataset.width, dataset.height) == (grid.width, grid.height)
-        )
-        if same:
+    def _aligned(self, dataset: DatasetReader, nodata: float | None) -> DatasetReader | WarpedVRT:
+        """``dataset`` on the scene's grid: as it is, or warped with NaN where it has no data.
+
+        ``nodata`` (when not None) replaces the file's own nodata and masks as the source's
+        nodata; ``UNIFIED_SRC_NODATA=NO`` keeps each band's nodata apart, so a nodata value
+        in one band is neither blended into its neighbours nor copied as data.
+        """
+        own = Grid(dataset.crs, dataset.transform, dataset.width, dataset.height)
+        if same_grid(self.grid, own):
             return dataset
+        source_nodata = {} if nodata is None else {"src_nodata": nodata}
         return WarpedVRT(
             dataset,
-            crs=grid.crs,
-            transform=grid.transform,
-            width=grid.width,
-            height=grid.height,
+            crs=self.grid.crs,
+            transform=self.grid.transform,
+            width=self.grid.width,
+            height=self.grid.height,
             resampling=Resampling.bilinear,
+            dtype="float32",
+            nodata=float("nan"),
+            UNIFIED_SRC_NODATA="NO",
+            **source_nodata,
         )
 
     def _check_bands(
@@ -185,20 +236,22 @@ class RasterSource:
         """The window's selected bands, stacked, as float32, and where they are valid."""
         stacks: list[np.ndarray] = []
         valid = np.ones((int(window.height), int(window.width)), dtype=bool)
-        for path, dataset, bands in zip(self.paths, self._datasets, self.bands, strict=True):
+        rasters = zip(self.paths, self._datasets, self.bands, self._values, strict=True)
+        for path, dataset, bands, nodata in rasters:
             try:
-                data = dataset.read(list(bands), window=window).astype(np.float32)
-                if self.nodata is not None:
-                    band_valid = data != np.float32(self.nodata)
+                raw = dataset.read(list(bands), window=window)
+                if nodata is not None:  # compared before the cast: exact for any dtype
+                    band_valid = raw != nodata
                 else:
                     band_valid = dataset.read_masks(list(bands), window=window) > 0
+                data = raw.astype(np.float32)
             except RasterioIOError as exc:
                 rows = f"{int(window.row_off)}-{int(window.row_off + window.height) - 1}"
                 raise GeocamError(
                     f"{path}: cannot read rows {rows} ({first_line(exc.__cause__ or exc)}); "
                     "the file is truncated or damaged: re-create or re-download it"
                 ) from None
-            valid &= band_valid.any(axis=0)
+            valid &= band_valid.all(axis=0)  # nodata in one band: the pixel is nodata
             stacks.append(data)
         pixels = np.concatenate(stacks, axis=0)
         valid &= np.isfinite(pixels).all(axis=0)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from rasterio.windows import Window
 
 from geocam import Box, GeocamError
 from geocam.regions import region_weights, valid_at
@@ -71,3 +74,27 @@ def test_region_mistakes(region: object, message: str) -> None:
 def test_invalid_box() -> None:
     with pytest.raises(GeocamError, match="row_start < row_stop"):
         Box(2, 0, 1, 3)
+
+
+def test_a_lonlat_mask_shifted_by_five_pixels_is_warped(tmp_path: Path) -> None:
+    import rasterio
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from geocam.region_sources import MaskRegion
+    from geocam.sources import Grid
+
+    scene = Affine(1e-6, 0, -78.9, 0, -1e-6, 35.8)  # 1e-6 deg (~0.1 m) pixels
+    mask = np.zeros((8, 16), dtype=np.uint8)
+    mask[:, 2:4] = 1  # columns 2-3 of the mask: columns 7-8 of the scene
+    shifted = scene @ Affine.translation(5, 0)  # 5e-6 deg east: below Affine's 1e-5
+    path = tmp_path / "mask.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=16, height=8, count=1, dtype="uint8",
+        crs="EPSG:4326", transform=shifted,
+    ) as dst:  # fmt: skip
+        dst.write(mask, 1)
+    region = MaskRegion(path, Grid(CRS.from_epsg(4326), scene, 16, 8))
+    expected = np.zeros((8, 16), dtype=np.float32)
+    expected[:, 7:9] = 1
+    np.testing.assert_array_equal(region.read(Window(0, 0, 16, 8)), expected)
