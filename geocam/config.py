@@ -10,7 +10,7 @@ Schema (``?`` marks optional fields)::
     classes: [developed, forest, ...]    # one name per output channel
     bands: [[1, 2, 3, 4, 5, 6]]          # ? 1-based bands per input raster (default: all)
     normalisation: {mean: [..], std: [..]}   # ? or {scale: [..], offset: [..]}
-    nodata: 0                            # ? input nodata for files that do not declare it
+    nodata: 0                            # ? input nodata for files that declare none
     checkpoint: weights.safetensors      # ? relative to this file
     factory: smp                         # ? a registered model factory
     layer: encoder.layer4                # ? default target layer
@@ -27,6 +27,7 @@ Loading never executes code from the file (``yaml.safe_load``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,25 @@ class _Reader:
             self.fail(name, f"expected a list of numbers, got {value!r}")
         if count is not None and len(value) != count:
             self.fail(name, f"expected {count} values (one per band), got {len(value)}")
-        return tuple(float(v) for v in value)
+        numbers = tuple(float(v) for v in value)
+        if not all(math.isfinite(v) for v in numbers):
+            self.fail(name, f"expected finite numbers, got {value!r}")
+        return numbers
+
+    def divisors(self, name: str, value: Any, count: int) -> tuple[float, ...]:
+        """Finite, non-zero numbers: a zero std or scale erases its band (or divides by 0)."""
+        numbers = self.numbers(name, value, count)
+        if 0.0 in numbers:
+            band = numbers.index(0.0) + 1
+            self.fail(name, f"band {band} is 0, which erases the band; give a non-zero value")
+        return numbers
+
+    def nodata(self) -> float | None:
+        """The input nodata for files that declare none: a finite number, or absent."""
+        value: float | None = self.get("nodata", (int, float), None)
+        if value is not None and not math.isfinite(value):
+            self.fail("nodata", f"expected a finite number, got {value!r}")
+        return value
 
     def preset(self) -> Preset:
         in_channels = self.get("in_channels", int)
@@ -163,7 +182,7 @@ class _Reader:
             path=self.path,
             description=self.get("description", str, ""),
             method=method,
-            nodata=self.get("nodata", (int, float), None),
+            nodata=self.nodata(),
             tile=self.get("tile", int, 512),
             overlap=self.get("overlap", int, 128),
             rgb=tuple(int(b) for b in self.numbers("rgb", self.get("rgb", list, []))),
@@ -177,10 +196,10 @@ class _Reader:
         keys = set(norm)
         if keys == {"mean", "std"}:
             mean = self.numbers("normalisation.mean", norm["mean"], bands)
-            std = self.numbers("normalisation.std", norm["std"], bands)
+            std = self.divisors("normalisation.std", norm["std"], bands)
             return Normalisation.mean_std(mean, std)
         if keys == {"scale", "offset"}:
-            scale = self.numbers("normalisation.scale", norm["scale"], bands)
+            scale = self.divisors("normalisation.scale", norm["scale"], bands)
             offset = self.numbers("normalisation.offset", norm["offset"], bands)
             return Normalisation(scale, offset)
         self.fail("normalisation", "expected {mean, std} or {scale, offset}")

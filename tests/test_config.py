@@ -83,6 +83,26 @@ def test_generic_presets_need_only_a_checkpoint(name: str, tmp_path: Path) -> No
             VALID.replace("in_channels: 2", "in_channels: 3").replace("normalisation", "#"),
             "bands select 2 bands but in_channels is 3",
         ),
+        (
+            VALID.replace("mean: [10, 20]", "mean: [10, .nan]"),
+            "field 'normalisation.mean': .*finite",
+        ),
+        (VALID.replace("std: [2, 4]", "std: [2, .inf]"), "field 'normalisation.std': .*finite"),
+        (VALID.replace("std: [2, 4]", "std: [0, 4]"), "field 'normalisation.std': .*0"),
+        (
+            VALID.replace("{mean: [10, 20], std: [2, 4]}", "{scale: [1, -.inf], offset: [0, 0]}"),
+            "field 'normalisation.scale': .*finite",
+        ),
+        (
+            VALID.replace("{mean: [10, 20], std: [2, 4]}", "{scale: [1, 0], offset: [0, 0]}"),
+            "field 'normalisation.scale': .*0",
+        ),
+        (
+            VALID.replace("{mean: [10, 20], std: [2, 4]}", "{scale: [1, 1], offset: [.nan, 0]}"),
+            "field 'normalisation.offset': .*finite",
+        ),
+        (VALID.replace("nodata: 0", "nodata: .nan"), "field 'nodata': .*finite"),
+        (VALID.replace("nodata: 0", "nodata: -.inf"), "field 'nodata': .*finite"),
         ("arch: [unclosed\n", "invalid YAML at line"),
         ("- just\n- a list\n", "expected a mapping"),
         ("!!python/object/apply:os.system ['true']\n", "invalid YAML"),
@@ -90,5 +110,6 @@ def test_generic_presets_need_only_a_checkpoint(name: str, tmp_path: Path) -> No
 )
 def test_config_mistakes_name_the_field(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(GeocamError, match=rf"config {path}.*{message}"):
+    with pytest.raises(GeocamError, match=rf"config {path}.*{message}") as error:
         load_config(path)
+    assert "\n" not in str(error.value)
