@@ -3,7 +3,8 @@
 Weighted tile values and their weights are summed in a rolling band of rows; rows that no later
 tile can touch are divided out and handed to a sink in whole strips, top to bottom. A product
 can be accumulated at a coarser grid (``scale`` source pixels per cell, e.g. the feature map's
-stride): each cell then receives the weighted mean of the valid source pixels it covers.
+stride): tiles then add values per cell, weighted by the blend weights of the valid source
+pixels each cell covers (:func:`block_sum`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,26 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from rasterio.windows import Window
 
 from geocam.output import BLOCK, StripSink
 
 Finish = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Turns summed values ``(bands, rows, width)`` and weights ``(rows, width)`` into output."""
+
+
+def block_sum(values: np.ndarray, scale: int) -> np.ndarray:
+    """Sums over ``scale x scale`` blocks of the last two axes (a partial last block too).
+
+    How a tile's per-pixel blend weights become the weights of its feature cells: a cell
+    weighs as much as the valid, blended pixels it covers.
+    """
+    *lead, h, w = values.shape
+    cells_h, cells_w = -(-h // scale), -(-w // scale)
+    padded = np.zeros((*lead, cells_h * scale, cells_w * scale), dtype=values.dtype)
+    padded[..., :h, :w] = values
+    blocks = padded.reshape(*lead, cells_h, scale, cells_w, scale)
+    summed: np.ndarray = blocks.sum(axis=(-3, -1))
+    return summed
 
 
 def weighted_mean(sums: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -59,12 +74,13 @@ class BandAccumulator:
         self.start = start  # output row held at index 0 of the band
         self.origin = start  # rows above it were stored by an earlier run: contributions dropped
 
-    def add(self, window: Window, values: np.ndarray, weights: np.ndarray) -> None:
-        """Add ``values`` ``(bands, h, w)`` with per-pixel ``weights`` ``(h, w)`` (0 = nodata)."""
-        row, col = int(window.row_off), int(window.col_off)
+    def add(self, row: int, col: int, values: np.ndarray, weights: np.ndarray) -> None:
+        """Add ``values`` ``(bands, h, w)`` with ``weights`` ``(h, w)`` (0 = nodata).
+
+        ``row`` and ``col`` are on the accumulator's own grid (source pixels, or cells of
+        ``scale`` pixels).
+        """
         weighted = values * weights
-        if self.scale > 1:
-            weighted, weights, row, col = self._to_cells(weighted, weights, row, col)
         if row < self.origin:  # a resumed run: keep only the rows still missing
             cut = min(self.origin - row, weights.shape[0])
             weighted, weights, row = weighted[:, cut:], weights[cut:], row + cut
@@ -80,22 +96,6 @@ class BandAccumulator:
         cols = slice(col, col + weights.shape[1])
         self.sums[:, rows, cols] += weighted
         self.weights[rows, cols] += weights
-
-    def _to_cells(
-        self, weighted: np.ndarray, weights: np.ndarray, row: int, col: int
-    ) -> tuple[np.ndarray, np.ndarray, int, int]:
-        """Sum source pixels into the coarse cells they fall in (windows need not be aligned)."""
-        s = self.scale
-        top, left = row % s, col % s
-        h, w = weights.shape
-        cells_h, cells_w = -(-(top + h) // s), -(-(left + w) // s)
-        padded_w = np.zeros((cells_h * s, cells_w * s), dtype=np.float32)
-        padded_w[top : top + h, left : left + w] = weights
-        padded_v = np.zeros((weighted.shape[0], cells_h * s, cells_w * s), dtype=np.float32)
-        padded_v[:, top : top + h, left : left + w] = weighted
-        cell_w = padded_w.reshape(cells_h, s, cells_w, s).sum(axis=(1, 3))
-        cell_v = padded_v.reshape(-1, cells_h, s, cells_w, s).sum(axis=(2, 4))
-        return cell_v, cell_w, row // s, col // s
 
     def ready(self, final_row: int | None = None) -> bool:
         """Whether :meth:`flush` with ``final_row`` would hand a strip to the sink."""

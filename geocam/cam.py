@@ -158,13 +158,23 @@ def channel_weights(
         return gradients.mean(dim=(-2, -1))
     if method == "gradcam++":
         sums = activations.sum(dim=(-2, -1)) if activation_sums is None else activation_sums
-        squared = gradients.pow(2)
-        alpha = squared / (
-            2 * squared + sums[:, None, :, None, None] * gradients.pow(3) + _GRADCAM_PP_EPS
-        )
-        alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
-        return (torch.relu(gradients) * alpha).sum(dim=(-2, -1))
+        return gradcam_pp_terms(gradients, sums).sum(dim=(-2, -1))
     return None
+
+
+def gradcam_pp_terms(gradients: torch.Tensor, activation_sums: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++'s per-cell terms ``relu(G) * alpha(G)``, ``(B, K, C, h, w)``.
+
+    ``alpha = G^2 / (2 G^2 + sum(A) G^3)`` per cell, with the per-channel activation sums
+    ``(B, C)`` over the whole map (or scene). Summed over the cells they give the weights; the
+    terms are not additive in ``G``, so a scene's weights need each cell's *total* gradient.
+    """
+    squared = gradients.pow(2)
+    alpha = squared / (
+        2 * squared + activation_sums[:, None, :, None, None] * gradients.pow(3) + _GRADCAM_PP_EPS
+    )
+    alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+    return torch.relu(gradients) * alpha
 
 
 def combine(

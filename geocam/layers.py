@@ -69,11 +69,13 @@ def list_layers(model: nn.Module, in_channels: int | None = None) -> list[LayerI
     need a larger multiple of their stride work too. The model is restored afterwards.
     """
     channels = infer_in_channels(model) if in_channels is None else in_channels
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    param = next(model.parameters(), None)
+    device = torch.device("cpu") if param is None else param.device
+    dtype = torch.float64 if param is not None and param.dtype == torch.float64 else torch.float32
     last_error: Exception | None = None
     for size in _DRY_RUN_SIZES:
         try:
-            return _measure(model, torch.zeros(1, channels, size, size, device=device))
+            return _measure(model, torch.zeros(1, channels, size, size, device=device, dtype=dtype))
         except RuntimeError as exc:  # size not accepted by the network: try a larger one
             last_error = exc
     raise GeocamError(

@@ -13,7 +13,7 @@ from affine import Affine
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from torch import nn
 
-import geocam.scene
+import geocam.scene.engine
 from geocam import GeocamError, ModelSpec, Normalisation, build_model
 from geocam.output import GeoTiffWriter
 from geocam.raster import explain_raster, explain_xarray
@@ -91,7 +91,7 @@ def test_failure_mid_run_leaves_nothing(
     shared_data: Path, tmp_path: Path, small_model: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    real = geocam.scene.layer_gradients
+    real = geocam.scene.engine.layer_gradients
 
     def failing(*args: object, **kwargs: object) -> object:
         calls.append(1)
@@ -99,7 +99,7 @@ def test_failure_mid_run_leaves_nothing(
             raise RuntimeError("boom")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(geocam.scene, "layer_gradients", failing)
+    monkeypatch.setattr(geocam.scene.engine, "layer_gradients", failing)
     with pytest.raises(RuntimeError, match="boom"):
         explain_raster(
             shared_data / RALEIGH, tmp_path / "heat.tif", spec_for(6), Explanation(("a",)),

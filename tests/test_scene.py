@@ -7,9 +7,10 @@ import pytest
 import torch
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.windows import Window
 from torch import nn
 
-import geocam.scene
+import geocam.scene.engine
 from geocam import ModelSpec, explain
 from geocam.output import ArraySink
 from geocam.scene import Explanation, Products, ProductSpec, Runtime, Tiling, explain_scene
@@ -69,6 +70,22 @@ def run(
         tiling=tiling, runtime=Runtime("cpu", progress=False), products=products,
     )  # fmt: skip
     return {name: s.data for name, s in sinks.items()}, report
+
+
+def layer_map(
+    model: nn.Module, pixels: np.ndarray, cls: int, method: str, region: object = "predicted"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The untiled signed and positive maps at the layer's resolution, in float64."""
+    images = torch.from_numpy(pixels)[None].double()
+    result = explain(model.double(), images, cls, "encoder.2", method=method, region=region)  # type: ignore[arg-type]
+    return result.signed[0, 0].numpy(), result.positive[0, 0].numpy()
+
+
+def assert_close_to(actual: np.ndarray, expected: np.ndarray, relative: float) -> None:
+    """|actual - expected| within ``relative`` of the largest |expected| (a float64 map)."""
+    scale = np.abs(expected).max()
+    assert scale > 0
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=relative * scale)
 
 
 def untiled(model: nn.Module, pixels: np.ndarray, method: str, cls: int = 1) -> np.ndarray:
@@ -136,17 +153,104 @@ def test_nodata_is_nan_everywhere_and_never_in_the_region() -> None:
     assert (maps["classes"][0, ~valid] == 255).all() and (maps["classes"][0, valid] < 3).all()
 
 
-def test_native_resolution_block_means() -> None:
-    model = LocalNet().eval()
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "layercam"])
+def test_native_resolution_is_the_layers_own_map_on_one_tile(method: str) -> None:
+    # one tile: the native heatmap is explain()'s map at the layer's resolution, cell for cell;
+    # class "a" over the whole scene has evidence for and against, so the positive band shows
+    # relu(map) (a blur of it would differ where the sign changes)
+    model = LocalNet().eval().double()
     pixels = scene()
-    source, _ = run(model, pixels, Explanation(("b",), method="hirescam"), Tiling(32, 8))
     native, report = run(
-        model, pixels, Explanation(("b",), method="hirescam"), Tiling(32, 8),
+        model, pixels, Explanation(("a",), method=method, region="all"), Tiling(128, 32),  # type: ignore[arg-type]
         products=Products(resolution="native"),
     )  # fmt: skip
-    assert report.stride == 4 and native["heatmap"].shape == (2, 24, 32)
-    block_means = source["heatmap"].reshape(2, 24, 4, 32, 4).mean(axis=(2, 4))
-    np.testing.assert_allclose(native["heatmap"], block_means, rtol=1e-5, atol=1e-6)
+    assert report.tiles == 1 and native["heatmap"].shape == (2, 24, 32)
+    signed, positive = layer_map(model, pixels, 0, method, "all")
+    if method != "layercam":  # relu(G) * A with A >= 0 here: never negative
+        assert (signed < 0).any() and (signed > 0).any()
+    assert_close_to(native["heatmap"][0], positive, 1e-6)
+    assert_close_to(native["heatmap"][1], signed, 1e-6)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "layercam"])
+@pytest.mark.parametrize("overlap", [8, 12])
+def test_native_tiled_equals_the_untiled_map_for_a_local_network(method: str, overlap: int) -> None:
+    # cells are blended with the summed blend weights of their pixels: where every tile sees the
+    # same cell, the blend of equal values is that value, at every cell of the scene
+    model = LocalNet().eval().double()
+    pixels = scene()
+    native, _ = run(
+        model, pixels, Explanation(("b",), method=method), Tiling(32, overlap),  # type: ignore[arg-type]
+        products=Products(resolution="native"),
+    )  # fmt: skip
+    expected = explain(
+        model, torch.from_numpy(pixels)[None].double(), 1, "encoder.2", method=method
+    )  # type: ignore[arg-type]
+    scale = float(expected.signed.abs().max())
+    np.testing.assert_allclose(
+        native["heatmap"][1], expected.signed[0, 0], atol=1e-6 * scale, rtol=0
+    )
+
+
+class ContextNet(LocalNet):
+    """LocalNet with a 3x3 convolution on the cell grid after the target layer: one cell of
+    context past the layer, so tiles agree with the scene only where the overlap covers it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.context = nn.Conv2d(8, 8, 3, padding=1)
+        with torch.no_grad():
+            self.head[1].weight.normal_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.context(self.encoder(x)))
+
+
+@pytest.mark.parametrize(
+    ("network", "region", "overlap"),
+    [
+        # LocalNet: no context, exact at any overlap, core boundaries on or off the cell grid
+        (LocalNet, "predicted", 4),
+        (LocalNet, "predicted", 8),
+        (LocalNet, "predicted", 12),
+        # one cell of context past the layer: a fixed region is exact from 2 cells of overlap
+        (ContextNet, "all", 8),
+        (ContextNet, "all", 12),
+        (ContextNet, "box", 8),
+        # the predicted region is itself decided with that context: twice as much overlap
+        (ContextNet, "predicted", 16),
+    ],
+)
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_scene_weights_equal_the_untiled_weights(
+    network: type[nn.Module], region: str, overlap: int, method: str
+) -> None:
+    model = network().eval().double()
+    pixels = scene()
+    mask = np.zeros(pixels.shape[1:], np.float32)
+    mask[13:70, 21:90] = 1  # a box whose edges are off the cell grid and cross tile cores
+    scene_region: object = BoxRegion(mask) if region == "box" else region
+    native, report = run(
+        model, pixels, Explanation(("b",), method=method, region=scene_region), Tiling(32, overlap),  # type: ignore[arg-type]
+        products=Products(resolution="native"),
+    )  # fmt: skip
+    untiled_region = torch.from_numpy(mask)[None] if region == "box" else region
+    assert report.tiles > 4
+    assert_close_to(
+        native["heatmap"][1], layer_map(model, pixels, 1, method, untiled_region)[0], 1e-5
+    )
+
+
+class BoxRegion:
+    """A fixed region read per window, as mask and vector regions are."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+
+    def read(self, window: Window) -> np.ndarray:
+        rows, cols = window.toslices()
+        return self.mask[rows, cols]
 
 
 def test_probabilities_are_blended_softmax() -> None:
@@ -166,7 +270,7 @@ def test_probabilities_are_blended_softmax() -> None:
 def test_out_of_memory_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     model = LocalNet().eval()
     pixels = scene()
-    real = geocam.scene.layer_gradients
+    real = geocam.scene.engine.layer_gradients
     seen: list[int] = []
 
     def fussy(model: nn.Module, images: torch.Tensor, *args: object, **kwargs: object) -> object:
@@ -176,7 +280,7 @@ def test_out_of_memory_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None
         return real(model, images, *args, **kwargs)  # type: ignore[arg-type]
 
     expected, _ = run(model, pixels, Explanation(("b",)), Tiling(32, 8, batch_size=1))
-    monkeypatch.setattr(geocam.scene, "layer_gradients", fussy)
+    monkeypatch.setattr(geocam.scene.engine, "layer_gradients", fussy)
     maps, report = run(model, pixels, Explanation(("b",)), Tiling(32, 8, batch_size=8))
     assert report.batch_size == 2 and seen[:3] == [8, 4, 2]
     np.testing.assert_allclose(maps["heatmap"], expected["heatmap"], rtol=1e-5, atol=1e-6)
