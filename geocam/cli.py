@@ -145,7 +145,10 @@ def cli(debug: bool) -> None:
     "--score", type=click.Choice(["logits", "probabilities"]), default="logits", show_default=True
 )
 @click.option(
-    "--nodata", type=float, help="Input nodata value [default: the files', else the config's]."
+    "--nodata",
+    type=float,
+    help="Input nodata value, overriding the files' own [default: the files' nodata, mask or "
+    "alpha; for files that declare none, the config's].",
 )
 @click.option("--probabilities", is_flag=True, help="Also write the class probabilities.")
 @click.option("--class-map", is_flag=True, help="Also write the predicted class map.")
@@ -243,7 +246,8 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
             cog=cog,
             overwrite=overwrite,
         ),
-        nodata=preset.nodata if nodata is None else nodata,
+        nodata=nodata,
+        fallback_nodata=preset.nodata,
         resume=resume,
     )
     outline = region_outline(

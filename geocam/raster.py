@@ -60,12 +60,14 @@ def explain_raster(
     nodata: float | None = None,
     model: nn.Module | None = None,
     resume: bool = False,
+    fallback_nodata: float | None = None,
 ) -> SceneReport:
     """Explain one scene (one or more stacked rasters) and write its GeoTIFF products.
 
     The heatmap goes to ``out`` (bands: positive and signed map per class); probabilities and
     the class map, when asked for, go beside it. Every file is written to a partial file and
-    renamed into place only when complete. ``nodata`` overrides the sources' own nodata.
+    renamed into place only when complete. ``nodata`` overrides the sources' own nodata and
+    masks; ``fallback_nodata`` (a preset's) applies only to files that declare none.
 
     Progress is kept in ``OUT.resume`` while the run works (see :mod:`geocam.journal`). It is
     removed on success and on errors, and kept when the run is killed or interrupted; with
@@ -105,7 +107,7 @@ def explain_raster(
 
     with (
         rasterio.Env(GDAL_CACHEMAX=runtime.gdal_cache_mb),
-        RasterSource(source_paths, spec.bands, nodata=nodata) as source,
+        RasterSource(source_paths, spec.bands, nodata, fallback_nodata) as source,
     ):
         fingerprint = {
             "sources": [_file_identity(p) for p in source_paths],
@@ -115,6 +117,7 @@ def explain_raster(
             "precision": runtime.precision,
             "products": repr(replace(products, overwrite=False)),
             "nodata": repr(nodata),
+            "fallback_nodata": repr(fallback_nodata),
             "tags": extra_tags,
         }
         journal = Journal(journal_folder(paths["heatmap"]), fingerprint, resume=resume)
@@ -159,7 +162,8 @@ def explain_xarray(
     """Explain a ``(band, y, x)`` DataArray with a CRS and transform (rioxarray ``.rio``).
 
     Returns the heatmap as a ``(band, y, x)`` float32 DataArray on the same grid (or the
-    feature map's grid for ``resolution="native"``) with the same CRS, NaN where nodata.
+    feature map's grid for ``resolution="native"``) with the same CRS, NaN where nodata: a
+    pixel is nodata where any selected band holds the DataArray's nodata or is not finite.
     """
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
@@ -174,7 +178,8 @@ def explain_xarray(
     transform = data.rio.transform()
     grid = Grid(data.rio.crs, transform, pixels.shape[2], pixels.shape[1])
     nodata = data.rio.nodata if data.rio.nodata is not None else data.rio.encoded_nodata
-    valid = None if nodata is None or np.isnan(nodata) else (pixels != nodata).any(axis=0)
+    # nodata in one band is enough: the pixel is kept from the network (and non-finite)
+    valid = None if nodata is None or np.isnan(nodata) else (pixels != nodata).all(axis=0)
     sinks: dict[str, ArraySink] = {}
 
     def sink(product: ProductSpec) -> ArraySink:

@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from conftest import tiny_preset
 
 from geocam.cli import cli
+from geocam.products import region_outline
+from geocam.sources import Grid
 
 ROOT = Path(__file__).resolve().parents[1]
 LANDCOVER = ROOT / "configs" / "landcover_raleigh.yaml"
@@ -212,3 +214,67 @@ def test_the_group_alone_shows_its_help_and_a_typo_one_line() -> None:
     assert typo.exit_code == 2
     assert typo.output.startswith("geocam: error: No such command 'explian'")
     assert typo.output.count("\n") == 1 and "geocam --help" in typo.output
+
+
+@pytest.mark.parametrize("kind", ["nodata", "mask", "alpha"])
+def test_a_presets_nodata_does_not_override_the_files_own(tmp_path: Path, kind: str) -> None:
+    from test_sources import declared, patch
+
+    scene = declared(tmp_path, kind, size=64)  # patch() is nodata by the file's own metadata
+    config = tmp_path / "preset.yaml"
+    config.write_text(tiny_preset() + "bands: [[1, 2, 3]]\nnodata: 0\n")  # as the demo presets
+    out = tmp_path / "heat.tif"
+    exit_code, output = invoke(
+        "explain", str(scene), "-c", str(config), "--class", "land", "--region", "all",
+        "-o", str(out), "-q",
+    )  # fmt: skip
+    assert exit_code == 0, output
+    with rasterio.open(out) as heat:
+        values = heat.read()
+    where = patch(64, 64)
+    assert np.isnan(values[:, where]).all()  # the file's nodata: no heat
+    assert np.isfinite(values[:, ~where]).all()  # the zeros at (0, 0) are data here
+    # --nodata overrides the file's own: its nodata pixels are data, the zeros are not
+    exit_code, output = invoke(
+        "explain", str(scene), "-c", str(config), "--class", "land", "--region", "all",
+        "-o", str(out), "-q", "--overwrite", "--nodata", "0",
+    )  # fmt: skip
+    assert exit_code == 0, output
+    with rasterio.open(out) as heat:
+        values = heat.read()
+    assert np.isfinite(values[:, where]).all() and np.isnan(values[:, 0, 0]).all()
+
+
+def test_one_channel_network_class_map_outline_and_region_follow_one_rule(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    # a sigmoid network: class map, quicklook outline and region are all "p > threshold"
+    config = tmp_path / "water.yaml"
+    config.write_text(tiny_preset("[water]", tile=256, overlap=64))
+    out = tmp_path / "water.tif"
+    args = ["explain", str(shared_data / ANDROS), "-c", str(config), "--class", "water"]
+    exit_code, output = invoke(*args, "-o", str(out), "--probabilities", "-q")
+    assert exit_code == 0, output
+    with rasterio.open(tmp_path / "water_probability.tif") as probabilities:
+        probability = probabilities.read(1)
+    threshold = float(np.nanmedian(probability))  # so that both values occur
+    out = tmp_path / "rule.tif"
+    exit_code, output = invoke(
+        *args, "-o", str(out), "--class-map", "--quicklook", "--threshold", f"{threshold!r}"
+    )
+    assert exit_code == 0, output
+    with rasterio.open(tmp_path / "rule_classes.tif") as classes, rasterio.open(out) as heat:
+        values = classes.read(1)
+        valid = np.isfinite(probability)
+        expected = (probability > threshold).astype(np.uint8)
+        np.testing.assert_array_equal(values[valid], expected[valid])
+        assert 0 < (values == 1).sum() < valid.sum()
+        region_pixels = float(heat.tags()["GEOCAM_REGION_PIXELS_WATER"])
+    assert region_pixels == (values == 1).sum()
+    names = Path(f"{tmp_path / 'rule_classes.tif'}.aux.xml").read_text()
+    assert "<Category>not water</Category><Category>water</Category>" in names
+    with rasterio.open(out) as heat:
+        grid = Grid(heat.crs, heat.transform, heat.width, heat.height)
+    outline = region_outline("predicted", None, tmp_path / "rule_classes.tif", 1)
+    assert outline is not None
+    np.testing.assert_array_equal(outline(grid), values == 1)

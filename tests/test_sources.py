@@ -6,18 +6,24 @@ Every case writes a small raster in ``tmp_path`` with a real CRS and reads it ba
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
+import torch
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
+from torch import nn
 
+from geocam import ModelSpec, Normalisation, build_model
+from geocam.raster import explain_raster, explain_xarray
+from geocam.scene import Explanation, Runtime, Tiling
 from geocam.sources import ArraySource, Grid, RasterSource, same_grid
 
 UTM = "EPSG:32618"
@@ -64,9 +70,9 @@ def patch(height: int = 8, width: int = 8) -> np.ndarray:
 
 
 def ramp(count: int, height: int = 8, width: int = 8, dtype: str = "float32") -> np.ndarray:
-    """Distinct positive values per band and pixel: ``50 b + 10 row + col + 1`` (< 256)."""
+    """Distinct positive values per band and pixel (< 256 for up to 3 bands of 8 x 8)."""
     b, r, c = np.indices((count, height, width))
-    return (50 * b + 10 * r + c + 1).astype(dtype)
+    return (50 * b + (10 * r + c) % 50 + 1).astype(dtype)
 
 
 # --- defect 6: a pixel is valid only where every selected band is --------------------------
@@ -104,18 +110,22 @@ def test_an_array_source_needs_every_band_finite() -> None:
 # --- defect 7: an explicit nodata > the file's own nodata or masks > the preset's ----------
 
 
-def declared(tmp_path: Path, kind: str) -> Path:
-    """A 3-band uint8 scene whose own metadata marks ``patch()`` invalid; 0 is valid data."""
-    pixels = ramp(3, dtype="uint8")
-    pixels[:, 0, 0] = 0  # valid zeros: a preset's ``nodata: 0`` must not mask them
+def declared(folder: Path, kind: str, size: int = 8) -> Path:
+    """A 3-band scene whose own ``kind`` (nodata, mask, alpha) marks ``patch()`` invalid.
+
+    Its pixel (0, 0) is 0 in every band, and valid: a preset's ``nodata: 0`` must not mask it.
+    """
+    pixels = ramp(3, size, size, dtype="uint8")
+    pixels[:, 0, 0] = 0
+    where = patch(size, size)
     if kind == "nodata":
         data = pixels.astype("int16")
-        data[:, patch()] = -9999
-        return write(tmp_path / "nodata.tif", data, nodata=-9999)
+        data[:, where] = -9999
+        return write(folder / "nodata.tif", data, nodata=-9999)
     if kind == "mask":
-        return write(tmp_path / "mask.tif", pixels, mask=~patch())
-    alpha = np.where(patch(), 0, 255).astype("uint8")[None]
-    return write(tmp_path / "alpha.tif", np.concatenate([pixels, alpha]), alpha=True)
+        return write(folder / "mask.tif", pixels, mask=~where)
+    alpha = np.where(where, 0, 255).astype("uint8")[None]
+    return write(folder / "alpha.tif", np.concatenate([pixels, alpha]), alpha=True)
 
 
 @pytest.mark.parametrize("kind", ["nodata", "mask", "alpha"])
@@ -208,3 +218,103 @@ def test_a_lonlat_raster_shifted_by_five_pixels_is_warped(tmp_path: Path) -> Non
     # outside it
     assert not valid[:, :5].any() and valid[:, 5:].all()
     np.testing.assert_allclose(data[1, :, 5:], ramp(1, 8, 16)[0, :, :11], rtol=1e-6)
+
+
+# --- through the engine: the heatmaps a user gets --------------------------------------------
+
+
+def tiny_spec(bands: int = 3) -> ModelSpec:
+    """An smp Unet cut to depth 3 (stride 8) reading ``bands`` bands scaled by 1/100."""
+    return ModelSpec(
+        "Unet", "resnet18", bands, ("a", "b"),
+        normalisation=Normalisation((0.01,) * bands, (0.0,) * bands),
+        options={"encoder_depth": 3, "decoder_channels": (16, 8, 8)},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(tiny_spec())
+
+
+def scene(height: int = 64, width: int = 64) -> np.ndarray:
+    """A smooth 3-band float scene with values in [0, 100]."""
+    r, c = np.indices((height, width)) / 64.0
+    bands = [50 + 50 * np.sin(4 * r + 3 * c), 50 + 50 * np.cos(5 * r - 2 * c), 100 * r * c]
+    return np.stack(bands).astype(np.float32)
+
+
+EXPLAIN_B = Explanation(("b",), region="all")  # seed 0: b has positive heat on these scenes
+
+
+def heat(paths: list[Path], out: Path, model: nn.Module, **kwargs: Any) -> np.ndarray:
+    """The ``b positive`` band of the scene's Grad-CAM heatmap over the whole scene."""
+    explain_raster(
+        paths, out, tiny_spec(), EXPLAIN_B, model=model,
+        tiling=Tiling(64, 16), runtime=Runtime("cpu", progress=False), **kwargs,
+    )  # fmt: skip
+    with rasterio.open(out) as dataset:
+        band: np.ndarray = dataset.read(1).astype(np.float64)
+    return band
+
+
+def test_a_sentinel_in_one_band_gets_no_heat_and_moves_no_maximum(
+    tmp_path: Path, tiny_model: nn.Module
+) -> None:
+    where = np.zeros((64, 64), dtype=bool)
+    where[30:32, 40:42] = True
+    clean = write(tmp_path / "clean.tif", scene(), nodata=float(SENTINEL))
+    pixels = scene()
+    pixels[1, where] = SENTINEL  # one band of one 2 x 2 patch
+    dirty = write(tmp_path / "dirty.tif", pixels, nodata=float(SENTINEL))
+    reference = heat([clean], tmp_path / "clean_heat.tif", tiny_model)
+    result = heat([dirty], tmp_path / "dirty_heat.tif", tiny_model)
+    assert np.isnan(result[where]).all()
+    assert np.isfinite(result[~where]).all()
+    # fed as data, the sentinel takes the maximum to ~1e36; kept out, four of 4096 pixels
+    # (set to the normalised mean) move it by a few percent, nowhere near a factor of 2
+    assert np.nanmax(reference) > 0
+    assert 0.5 < np.nanmax(result) / np.nanmax(reference) < 2
+
+
+def test_a_sentinel_in_one_band_of_a_dataarray_gets_no_heat(tiny_model: nn.Module) -> None:
+    import rioxarray  # noqa: F401  (the .rio accessor)
+    import xarray as xr
+
+    where = np.zeros((64, 64), dtype=bool)
+    where[30:32, 40:42] = True
+    dirty = scene()
+    dirty[1, where] = SENTINEL
+    maps = []
+    for pixels in (scene(), dirty):
+        data = xr.DataArray(pixels, dims=("band", "y", "x"))
+        data = data.rio.write_crs(UTM).rio.write_transform(UTM_ORIGIN)
+        data = data.rio.write_nodata(float(SENTINEL), encoded=False)
+        result = explain_xarray(
+            data, tiny_spec(), EXPLAIN_B, model=tiny_model, tiling=Tiling(64, 16),
+            runtime=Runtime("cpu", progress=False),
+        )  # fmt: skip
+        maps.append(result.values[0].astype(np.float64))
+    reference, positive = maps
+    assert np.isnan(positive[where]).all() and np.isfinite(positive[~where]).all()
+    assert np.nanmax(reference) > 0
+    assert 0.5 < np.nanmax(positive) / np.nanmax(reference) < 2
+
+
+def test_the_east_of_a_half_width_stacked_raster_gets_no_heat(
+    tmp_path: Path, tiny_model: nn.Module
+) -> None:
+    pixels = scene()
+    first = write(tmp_path / "first.tif", pixels[:2])
+    west = write(tmp_path / "west.tif", pixels[2:, :, :32])  # covers columns 0-31 only
+    spec = replace(tiny_spec(), bands=((1, 2), (1,)))
+    out = tmp_path / "heat.tif"
+    explain_raster(
+        [first, west], out, spec, EXPLAIN_B, model=tiny_model,
+        tiling=Tiling(64, 16), runtime=Runtime("cpu", progress=False),
+    )  # fmt: skip
+    with rasterio.open(out) as dataset:
+        result = dataset.read(1)
+    assert np.isfinite(result[:, :32]).all()
+    assert np.isnan(result[:, 32:]).all()
