@@ -14,8 +14,6 @@ from click.testing import CliRunner
 from conftest import tiny_preset
 
 from geocam.cli import cli
-from geocam.products import region_outline
-from geocam.sources import Grid
 
 ROOT = Path(__file__).resolve().parents[1]
 LANDCOVER = ROOT / "configs" / "landcover_raleigh.yaml"
@@ -243,38 +241,3 @@ def test_a_presets_nodata_does_not_override_the_files_own(tmp_path: Path, kind: 
     with rasterio.open(out) as heat:
         values = heat.read()
     assert np.isfinite(values[:, where]).all() and np.isnan(values[:, 0, 0]).all()
-
-
-def test_one_channel_network_class_map_outline_and_region_follow_one_rule(
-    shared_data: Path, tmp_path: Path
-) -> None:
-    # a sigmoid network: class map, quicklook outline and region are all "p > threshold"
-    config = tmp_path / "water.yaml"
-    config.write_text(tiny_preset("[water]", tile=256, overlap=64))
-    out = tmp_path / "water.tif"
-    args = ["explain", str(shared_data / ANDROS), "-c", str(config), "--class", "water"]
-    exit_code, output = invoke(*args, "-o", str(out), "--probabilities", "-q")
-    assert exit_code == 0, output
-    with rasterio.open(tmp_path / "water_probability.tif") as probabilities:
-        probability = probabilities.read(1)
-    threshold = float(np.nanmedian(probability))  # so that both values occur
-    out = tmp_path / "rule.tif"
-    exit_code, output = invoke(
-        *args, "-o", str(out), "--class-map", "--quicklook", "--threshold", f"{threshold!r}"
-    )
-    assert exit_code == 0, output
-    with rasterio.open(tmp_path / "rule_classes.tif") as classes, rasterio.open(out) as heat:
-        values = classes.read(1)
-        valid = np.isfinite(probability)
-        expected = (probability > threshold).astype(np.uint8)
-        np.testing.assert_array_equal(values[valid], expected[valid])
-        assert 0 < (values == 1).sum() < valid.sum()
-        region_pixels = float(heat.tags()["GEOCAM_REGION_PIXELS_WATER"])
-    assert region_pixels == (values == 1).sum()
-    names = Path(f"{tmp_path / 'rule_classes.tif'}.aux.xml").read_text()
-    assert "<Category>not water</Category><Category>water</Category>" in names
-    with rasterio.open(out) as heat:
-        grid = Grid(heat.crs, heat.transform, heat.width, heat.height)
-    outline = region_outline("predicted", None, tmp_path / "rule_classes.tif", 1)
-    assert outline is not None
-    np.testing.assert_array_equal(outline(grid), values == 1)
