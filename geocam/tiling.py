@@ -48,7 +48,7 @@ class TileLayout:
 
     def __post_init__(self) -> None:
         _check_positive(self.multiple, "the network's input multiple", "check the model")
-        _check_positive(self.tile, "tile", "raise --tile")
+        _check_positive(self.tile, "Tiling.tile", "raise Tiling.tile")
         if self.height < 1 or self.width < 1:
             raise GeocamError(
                 f"scene size ({self.height} x {self.width}) must be at least 1 x 1 pixel: "
@@ -60,7 +60,9 @@ class TileLayout:
                 "build the layout with TileLayout.plan, which rounds it up"
             )
         if self.overlap < 0:
-            raise GeocamError(f"overlap ({self.overlap}) must be at least 0: raise --overlap")
+            raise GeocamError(
+                f"Tiling.overlap ({self.overlap}) must be at least 0: raise Tiling.overlap"
+            )
         if self.margin < 0:
             raise GeocamError(f"margin ({self.margin}) must be at least 0")
         if self.overlap < self.tile and (self.tile - self.overlap) % self.multiple:
@@ -69,13 +71,13 @@ class TileLayout:
             options = " or ".join(str(o) for o in (low, low + self.multiple) if o >= 0)
             raise GeocamError(
                 f"tile - overlap ({self.tile} - {self.overlap}) must be a multiple of the "
-                f"network's {self.multiple} px so tiles share its cell grid: use --overlap "
+                f"network's {self.multiple} px so tiles share its cell grid: use Tiling.overlap "
                 f"{options}"
             )
         if self.overlap >= self.tile:
             raise GeocamError(
-                f"overlap ({self.overlap}) must be smaller than the tile ({self.tile}): "
-                "lower --overlap or raise --tile"
+                f"Tiling.overlap ({self.overlap}) must be smaller than the tile ({self.tile}): "
+                "lower Tiling.overlap or raise Tiling.tile"
             )
 
     @classmethod
@@ -96,7 +98,7 @@ class TileLayout:
             operator.index(v) for v in (height, width, tile, overlap, multiple, margin)
         )
         _check_positive(multiple, "the network's input multiple", "check the model")
-        _check_positive(tile, "tile", "raise --tile")
+        _check_positive(tile, "Tiling.tile", "raise Tiling.tile")
         return cls(height, width, -(-tile // multiple) * multiple, overlap, multiple, margin)
 
     @property

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
@@ -12,8 +15,10 @@ from torch import nn
 
 import geocam.scene.engine
 from geocam import ModelSpec, explain
+from geocam.errors import GeocamWarning
 from geocam.output import ArraySink
 from geocam.scene import Explanation, Products, ProductSpec, Runtime, Tiling, explain_scene
+from geocam.scene.specs import class_map_names, classes_from_probabilities
 from geocam.sources import ArraySource, Grid
 
 GRID_CRS = CRS.from_epsg(32618)
@@ -333,3 +338,116 @@ def test_cached_and_recomputed_pass_two_agree() -> None:
     fresh, second = run(model, pixels, Explanation(("b",)), Tiling(32, 8, cache_mb=0), valid=valid)
     assert first.cached_activations and not second.cached_activations and first.skipped > 0
     np.testing.assert_array_equal(cached["heatmap"], fresh["heatmap"])
+
+
+class OneChannelNet(LocalNet):
+    """A sigmoid network: one output channel, the class where its probability exceeds 0.5."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[:, 1:2] - 2.0
+
+
+ONE_CHANNEL = ModelSpec("local", "none", 3, ("water",), layer="encoder.2")
+
+
+def test_one_channel_class_map_follows_the_region_rule() -> None:
+    model = OneChannelNet().eval()
+    pixels = scene()
+    maps, report = run(
+        model, pixels, Explanation(("water",)), Tiling(128, 32), spec=ONE_CHANNEL,
+        products=Products(probabilities=True, class_map=True),
+    )  # fmt: skip
+    with torch.no_grad():
+        probability = torch.sigmoid(model(torch.from_numpy(pixels)[None]))[0, 0].numpy()
+    water = probability > 0.5
+    assert 0 < water.sum() < water.size  # both values occur
+    np.testing.assert_array_equal(maps["classes"][0], water.astype(np.uint8))
+    assert report.region_pixels["water"] == water.sum()  # the region is the same pixels
+    # a threshold moves class map and region together
+    maps, report = run(
+        model, pixels, Explanation(("water",), threshold=0.9), Tiling(128, 32), spec=ONE_CHANNEL,
+        products=Products(class_map=True),
+    )  # fmt: skip
+    np.testing.assert_array_equal(maps["classes"][0], probability > 0.9)
+    assert report.region_pixels["water"] == (probability > 0.9).sum()
+
+
+def test_classes_from_probabilities_by_hand() -> None:
+    sums = np.array([[[0.2, 1.2, 0.0]]], np.float32)  # weighted sums of one probability
+    weights = np.array([[1.0, 2.0, 0.0]], np.float32)  # means 0.2, 0.6, none
+    np.testing.assert_array_equal(classes_from_probabilities(sums, weights)[0], [[0, 1, 255]])
+    np.testing.assert_array_equal(classes_from_probabilities(sums, weights, 0.7)[0], [[0, 0, 255]])
+    two = np.array([[[0.3, 0.9]], [[0.6, 0.1]]], np.float32)
+    np.testing.assert_array_equal(classes_from_probabilities(two, np.ones((1, 2)))[0], [[1, 0]])
+    assert class_map_names(("water",)) == ("not water", "water")
+    assert class_map_names(("a", "b")) == ("a", "b")
+
+
+class CoarseNet(LocalNet):
+    """Logits at half the input's resolution (a head without the final upsampling)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(super().forward(x), 2)
+
+
+@pytest.mark.parametrize(
+    ("method", "products"),
+    [("gradcam", Products()), ("hirescam", Products()), ("gradcam", Products(probabilities=True))],
+)
+def test_an_output_coarser_than_the_input_is_refused(method: str, products: Products) -> None:
+    with pytest.raises(
+        geocam.GeocamError, match=r"output \(16 x 16\) is not the size of its input"
+    ):
+        run(
+            CoarseNet().eval(),
+            scene(),
+            Explanation(("b",), method=method),
+            Tiling(32, 8),
+            products=products,
+        )  # type: ignore[arg-type]
+
+
+def test_an_overlap_below_twice_the_stride_warns_with_one_that_works() -> None:
+    model = LocalNet().eval()
+    with pytest.warns(GeocamWarning, match=r"Tiling.overlap \(4\).*at least 8"):
+        run(model, scene(), Explanation(("b",), method="hirescam"), Tiling(32, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # twice the stride, or one tile: no warning
+        run(model, scene(), Explanation(("b",), method="hirescam"), Tiling(32, 8))
+        run(model, scene(), Explanation(("b",), method="hirescam"), Tiling(128, 4))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam"])
+def test_an_empty_region_is_refused(method: str) -> None:
+    empty = BoxRegion(np.zeros((96, 128), np.float32))
+    with pytest.raises(geocam.GeocamError, match=r"holds no valid pixel of b: nothing to explain"):
+        run(
+            LocalNet().eval(),
+            scene(),
+            Explanation(("b",), method=method, region=empty),
+            Tiling(32, 8),
+        )  # type: ignore[arg-type]
+
+
+class OverflowNet(LocalNet):
+    """Activations so large that the class score overflows: gradients are not finite."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(x)
+        return self.head(features * 1e30) * 1e30
+
+
+class DeadNet(LocalNet):
+    """The output depends on the target layer, with a zero gradient: every map is zero."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(x)
+        return self.head(features.detach()) + 0 * features.mean()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+def test_non_finite_or_all_zero_maps_are_refused(method: str) -> None:
+    with pytest.raises(geocam.GeocamError, match="are not finite"):
+        run(OverflowNet().eval(), scene(), Explanation(("b",), method=method), Tiling(32, 8))  # type: ignore[arg-type]
+    with pytest.raises(geocam.GeocamError, match="are zero everywhere"):
+        run(DeadNet().eval(), scene(), Explanation(("b",), method=method), Tiling(32, 8))  # type: ignore[arg-type]

@@ -99,20 +99,22 @@ def test_tile_rounded_up_to_multiple() -> None:
     [
         (
             {"tile": 512, "overlap": 600},
-            "overlap (600) must be smaller than the tile (512): lower --overlap or raise --tile",
+            "Tiling.overlap (600) must be smaller than the tile (512): "
+            "lower Tiling.overlap or raise Tiling.tile",
         ),
         (
             {"tile": 500, "overlap": 512},
-            "overlap (512) must be smaller than the tile (512): lower --overlap or raise --tile",
+            "Tiling.overlap (512) must be smaller than the tile (512): "
+            "lower Tiling.overlap or raise Tiling.tile",
         ),
         (
             {"tile": 512, "overlap": 100},
             "tile - overlap (512 - 100) must be a multiple of the network's 32 px so tiles share"
-            " its cell grid: use --overlap 96 or 128",
+            " its cell grid: use Tiling.overlap 96 or 128",
         ),
-        ({"tile": 0}, "tile (0) must be at least 1: raise --tile"),
-        ({"tile": -64}, "tile (-64) must be at least 1: raise --tile"),
-        ({"overlap": -1}, "overlap (-1) must be at least 0: raise --overlap"),
+        ({"tile": 0}, "Tiling.tile (0) must be at least 1: raise Tiling.tile"),
+        ({"tile": -64}, "Tiling.tile (-64) must be at least 1: raise Tiling.tile"),
+        ({"overlap": -1}, "Tiling.overlap (-1) must be at least 0: raise Tiling.overlap"),
         (
             {"multiple": 0, "overlap": 0},
             "the network's input multiple (0) must be at least 1: check the model",

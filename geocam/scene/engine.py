@@ -349,7 +349,7 @@ class _Scene:
         if not torch.isfinite(weights).all():
             raise GeocamError(
                 f"the gradients at layer {self.layer!r} are not finite (float16 overflow?): "
-                "run in full precision (--precision fp32) or choose another layer"
+                "run in full precision (Runtime.precision fp32) or choose another layer"
             )
         return weights.to(self.device), cache
 
@@ -543,7 +543,7 @@ class _Scene:
         if not finite[covered].all():
             raise GeocamError(
                 f"the maps at layer {self.layer!r} are not finite (float16 overflow?): run in "
-                "full precision (--precision fp32) or choose another layer"
+                "full precision (Runtime.precision fp32) or choose another layer"
             )
         if finite.any():
             self.heat_peak = max(self.heat_peak, float(np.abs(values[finite]).max()))
