@@ -8,6 +8,7 @@ A user mistake prints one line and exits non-zero (``--debug`` shows the traceba
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import click
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in geocam, not the user's mistake
 NO_ARGS_IS_HELP: type[click.UsageError] = getattr(
     click.exceptions, "NoArgsIsHelpError", type("NoArgsIsHelpError", (click.UsageError,), {})
 )  # click >= 8.2 raises it for a group called without a command
@@ -61,14 +63,17 @@ class GeocamGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; report user mistakes without a traceback unless ``--debug``."""
-        from geocam.errors import GeocamError
+        from geocam.errors import GeocamError, quiet_gdal
 
+        quiet_gdal(not ctx.params.get("debug"))  # GDAL's messages reach the user in one line
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except GeocamError as error:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"geocam: error: {error}", err=True)
+            click.echo(f"geocam: error: {as_flags(str(error))}", err=True)
             ctx.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             click.echo(
@@ -77,6 +82,52 @@ class GeocamGroup(click.Group):
                 err=True,
             )
             ctx.exit(EXIT_INTERRUPTED)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:  # a last resort: one line, the traceback with --debug
+            if ctx.params.get("debug"):
+                raise
+            from geocam.errors import first_line, gdal_reason
+
+            click.echo(
+                f"geocam: error: {type(error).__name__}: {gdal_reason(first_line(error))} "
+                "(unexpected; rerun with --debug for the traceback and report it)",
+                err=True,
+            )
+            ctx.exit(EXIT_INTERNAL_ERROR)
+
+
+LIBRARY_NAMES = {
+    "Tiling.tile": "--tile",
+    "Tiling.overlap": "--overlap",
+    "Tiling.batch_size": "--batch-size",
+    "Explanation.classes": "--class",
+    "Explanation.threshold": "--threshold",
+    "Runtime.precision ": "--precision ",
+}
+"""Parameters that library messages name, and the flags that set them on the command line."""
+
+
+def as_flags(message: str) -> str:
+    """A library message in command-line terms: ``Tiling.overlap`` becomes ``--overlap``."""
+    for name, flag in LIBRARY_NAMES.items():
+        message = message.replace(name, flag)
+    return message
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """Warnings on one line: geocam's own as ``geocam: warning: ...``."""
+    from geocam.errors import GeocamWarning
+
+    prefix = "geocam: warning" if issubclass(category, GeocamWarning) else category.__name__
+    click.echo(f"{prefix}: {as_flags(str(message))}", err=True)
 
 
 @click.group(
@@ -145,6 +196,12 @@ def cli(debug: bool) -> None:
     "--score", type=click.Choice(["logits", "probabilities"]), default="logits", show_default=True
 )
 @click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Probability above which a pixel is in the predicted region (and, for a one-channel "
+    "network, in its class map) [default: 0.5 for one channel, else the most probable class].",
+)
+@click.option(
     "--nodata",
     type=float,
     help="Input nodata value, overriding the files' own [default: the files' nodata, mask or "
@@ -182,7 +239,8 @@ def cli(debug: bool) -> None:
 def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], out: Path,
             region: str, where: str | None, method: str | None, layer: str | None,
             tile: int | None, overlap: int | None, batch_size: int, device: str,
-            precision: str, weights: str, resolution: str, score: str, nodata: float | None,
+            precision: str, weights: str, resolution: str, score: str,
+            threshold: float | None, nodata: float | None,
             probabilities: bool, class_map: bool, cog: bool, qml: bool, overlay: bool,
             quicklook: bool, hotspots: bool, hotspot_format: str, hotspot_threshold: str,
             overwrite: bool, resume: bool,
@@ -190,7 +248,7 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
     """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
     from geocam.config import load_config
     from geocam.errors import GeocamError
-    from geocam.output import check_destination, remove_output
+    from geocam.output import Destination
     from geocam.products import (
         GisOptions,
         composite_source,
@@ -199,16 +257,19 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
         threshold_percentile,
         write_gis_products,
     )
-    from geocam.raster import explain_raster
-    from geocam.scene import Explanation, Products, Runtime, Tiling
+    from geocam.raster import explain_raster, product_paths, run_inputs
+    from geocam.scene import Explanation, Products, Runtime, Tiling, class_code
 
     if out.is_dir():
         raise GeocamError(f"--out {out} is a folder; give a file name, e.g. {out / 'heatmap.tif'}")
     out = out if out.suffix else out.with_suffix(".tif")  # where the heatmap goes
     preset = load_config(config)
     gis = GisOptions(qml, overlay, quicklook, hotspots, hotspot_threshold, hotspot_format)
-    for path in gis_paths(out, gis).values():
-        check_destination(path, overwrite)
+    if where is not None and not region.startswith("vector:"):
+        raise GeocamError(f"--where {where}: filters a vector region; add --region vector:PATH")
+    unique = tuple(dict.fromkeys(classes))
+    if len(unique) != len(classes):
+        raise GeocamError("--class: a class is named twice; name each class once")
     if hotspots:
         threshold_percentile(hotspot_threshold)  # a bad rule fails now, not after the run
     source, rgb = sources[0], tuple(preset.rgb or (1, 2, 3))
@@ -216,51 +277,59 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
         every = (tuple(range(1, preset.spec.in_channels + 1)),)
         source, rgb = composite_source(sources, preset.spec.bands or every, rgb)
     class_map = class_map or (quicklook and region == "predicted")  # the quicklook's outline
-    report = explain_raster(
-        list(sources),
-        out,
-        preset.spec,
-        Explanation(
-            classes=classes,
-            method=method or preset.method,  # type: ignore[arg-type]
-            layer=layer,
-            region=region,
-            where=where,
-            weights=weights,  # type: ignore[arg-type]
-            score=score,  # type: ignore[arg-type]
-        ),
-        tiling=Tiling(
-            tile=preset.tile if tile is None else tile,
-            overlap=preset.overlap if overlap is None else overlap,
-            batch_size=batch_size,
-        ),
-        runtime=Runtime(
-            device=device,
-            precision=precision,  # type: ignore[arg-type]
-            progress=False if quiet else (True if verbose else None),
-        ),
-        products=Products(
-            resolution=resolution,  # type: ignore[arg-type]
-            probabilities=probabilities,
-            class_map=class_map,
-            cog=cog,
-            overwrite=overwrite,
-        ),
-        nodata=nodata,
-        fallback_nodata=preset.nodata,
-        resume=resume,
+    explanation = Explanation(
+        classes=classes,
+        method=method or preset.method,  # type: ignore[arg-type]
+        layer=layer,
+        region=region,
+        where=where,
+        weights=weights,  # type: ignore[arg-type]
+        score=score,  # type: ignore[arg-type]
+        threshold=threshold,
     )
-    outline = region_outline(
-        region, where, report.outputs.get("classes"), preset.spec.class_index(classes[0])
+    products = Products(
+        resolution=resolution,  # type: ignore[arg-type]
+        probabilities=probabilities,
+        class_map=class_map,
+        cog=cog,
+        overwrite=overwrite,
     )
-    try:
-        report.outputs |= write_gis_products(
-            out, source, gis, rgb=rgb, region=outline, overwrite=overwrite
+    inputs = [*run_inputs(list(sources), preset.spec, explanation), ("config", config)]
+    outputs = product_paths(out, products) | gis_paths(out, gis)
+    with Destination(outputs, inputs=inputs, overwrite=overwrite) as destination:
+        report = explain_raster(
+            list(sources),
+            out,
+            preset.spec,
+            explanation,
+            tiling=Tiling(
+                tile=preset.tile if tile is None else tile,
+                overlap=preset.overlap if overlap is None else overlap,
+                batch_size=batch_size,
+            ),
+            runtime=Runtime(
+                device=device,
+                precision=precision,  # type: ignore[arg-type]
+                progress=False if quiet else (True if verbose else None),
+            ),
+            products=products,
+            nodata=nodata,
+            fallback_nodata=preset.nodata,
+            resume=resume,
+            destination=destination,
         )
-    except BaseException:  # all or nothing: a failed command leaves no outputs behind
-        for path in report.outputs.values():
-            remove_output(path)
-        raise
+        classes_map = report.outputs.get("classes")
+        outline = region_outline(
+            region,
+            where,
+            None if classes_map is None else destination.current(classes_map),
+            class_code(preset.spec, preset.spec.class_index(classes[0])),
+        )
+        report.outputs |= write_gis_products(
+            out, source, gis, rgb=rgb, region=outline, overwrite=overwrite,
+            destination=destination,
+        )  # fmt: skip
+        destination.commit()  # all or nothing: earlier results stay until every product is made
     if not quiet:
         for name, path in report.outputs.items():
             click.echo(f"{name}: {path}")

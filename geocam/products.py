@@ -1,12 +1,12 @@
 """GIS products made from a heatmap GeoTIFF: QGIS style, RGBA overlay, quicklook, hotspots.
 
-Each is written to a partial file beside its destination and renamed into place when complete.
+Each is written to a scratch file beside its destination (see :class:`geocam.output.Destination`)
+and moved into place when complete; with a shared destination, together with the run's rasters.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,24 +20,46 @@ from rasterio.enums import Resampling
 from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 
-from geocam.errors import GeocamError
-from geocam.output import BLOCK, check_destination
+from geocam.errors import GeocamError, first_line
+from geocam.output import BLOCK, Destination, write_failed
 from geocam.sources import Grid
 
 COLORMAP = "inferno"
 
 
 @contextlib.contextmanager
-def atomic(path: Path, overwrite: bool) -> Iterator[Path]:
-    """A partial path to write to, renamed to ``path`` on success and removed on failure."""
-    check_destination(path, overwrite)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
+def atomic(path: Path, overwrite: bool, destination: Destination | None = None) -> Iterator[Path]:
+    """A scratch path to write ``path`` to: staged in ``destination``, or moved into place now.
+
+    A failure while writing (a full disk, a file size limit) is one :class:`WriteFailed` line;
+    the scratch file is removed.
+    """
+    with contextlib.ExitStack() as stack:
+        own = destination is None
+        if destination is None:
+            destination = stack.enter_context(Destination({"file": path}, overwrite=overwrite))
+        partial = destination.scratch(path)
+        try:
+            yield partial
+        except GeocamError:
+            raise
+        except Exception as error:
+            if _io_error(error):
+                raise write_failed(partial, error) from error
+            raise
+        if own:
+            destination.commit()
+
+
+def _io_error(error: BaseException) -> bool:
+    """Whether ``error`` comes from writing a file (the OS, GDAL, OGR)."""
+    module = type(error).__module__ or ""
+    return isinstance(error, OSError) or module.startswith(("rasterio", "fiona"))
+
+
+def _reading(heatmap: Path, destination: Destination | None) -> Path:
+    """Where the heatmap is now: its scratch file until the destination commits it."""
+    return heatmap if destination is None else destination.current(heatmap)
 
 
 def display_range(heatmap: rasterio.io.DatasetReader, band: int) -> tuple[float, float]:
@@ -61,9 +83,15 @@ def ramp(count: int = 6) -> list[tuple[float, tuple[int, int, int]]]:
     return stops
 
 
-def write_qml(heatmap_path: Path, band: int = 1, overwrite: bool = False) -> Path:
+def write_qml(
+    heatmap_path: Path,
+    band: int = 1,
+    overwrite: bool = False,
+    *,
+    destination: Destination | None = None,
+) -> Path:
     """A QGIS style (``NAME.qml`` beside ``NAME.tif``, applied by QGIS on load) for ``band``."""
-    with rasterio.open(heatmap_path) as heatmap:
+    with rasterio.open(_reading(heatmap_path, destination)) as heatmap:
         low, high = display_range(heatmap, band)
         description = heatmap.descriptions[band - 1] or f"band {band}"
     items = "".join(
@@ -93,17 +121,27 @@ def write_qml(heatmap_path: Path, band: int = 1, overwrite: bool = False) -> Pat
 </qgis>
 """
     path = heatmap_path.with_suffix(".qml")
-    with atomic(path, overwrite) as partial:
+    with atomic(path, overwrite, destination) as partial:
         partial.write_text(qml, encoding="utf-8")
     return path
 
 
-def write_overlay(heatmap_path: Path, out: Path, band: int = 1, overwrite: bool = False) -> Path:
+def write_overlay(
+    heatmap_path: Path,
+    out: Path,
+    band: int = 1,
+    overwrite: bool = False,
+    *,
+    destination: Destination | None = None,
+) -> Path:
     """An RGBA GeoTIFF of ``band`` coloured with the ramp, transparent where cold or nodata."""
     from matplotlib import colormaps
 
     cmap = colormaps[COLORMAP]
-    with rasterio.open(heatmap_path) as heatmap, atomic(out, overwrite) as partial:
+    with (
+        rasterio.open(_reading(heatmap_path, destination)) as heatmap,
+        atomic(out, overwrite, destination) as partial,
+    ):
         low, high = display_range(heatmap, band)
         profile = {
             "driver": "GTiff", "width": heatmap.width, "height": heatmap.height, "count": 4,
@@ -183,6 +221,8 @@ def write_hotspots(
     band: int = 1,
     rule: str = "p95",
     overwrite: bool = False,
+    *,
+    destination: Destination | None = None,
 ) -> Path:
     """Polygons where ``band`` exceeds the threshold, at the CAM's own resolution.
 
@@ -195,7 +235,7 @@ def write_hotspots(
     driver = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}.get(out.suffix.lower())
     if driver is None:
         raise GeocamError(f"--hotspots {out}: use a .gpkg or .geojson file name")
-    with rasterio.open(heatmap_path) as heatmap:
+    with rasterio.open(_reading(heatmap_path, destination)) as heatmap:
         values, transform = cam_resolution_read(heatmap, band)
         crs = heatmap.crs
         klass = heatmap.tags(band).get("CLASS", "")
@@ -211,7 +251,13 @@ def write_hotspots(
     sums = np.bincount(labels.ravel(), weights=heat.ravel(), minlength=len(geometries) + 1)
     peaks = np.zeros(len(geometries) + 1)
     np.maximum.at(peaks, labels.ravel(), heat.ravel())
-    areas = [0.0, *area_m2(geometries, crs)]
+    try:
+        areas = [0.0, *area_m2(geometries, crs)]
+    except Exception as error:  # a CRS pyproj cannot measure in (no ellipsoid, no unit)
+        raise GeocamError(
+            f"--hotspots: cannot compute areas in the heatmap's CRS ({first_line(error)}); "
+            "reproject the source to a projected CRS"
+        ) from error
     features = [
         {
             "geometry": geometry,
@@ -228,11 +274,15 @@ def write_hotspots(
         "properties": {"id": "int", "class": "str", "area_m2": "float", "mean_heat": "float",
                        "max_heat": "float", "threshold": "float"},
     }  # fmt: skip
+    try:
+        wkt = crs.to_wkt()
+    except Exception as error:
+        raise GeocamError(
+            f"--hotspots: the heatmap's CRS has no WKT ({first_line(error)})"
+        ) from error
     with (
-        atomic(out, overwrite) as partial,
-        fiona.open(
-            partial, "w", driver=driver, crs=crs.to_wkt(), schema=schema, layer="hotspots"
-        ) as sink,
+        atomic(out, overwrite, destination) as partial,
+        fiona.open(partial, "w", driver=driver, crs=wkt, schema=schema, layer="hotspots") as sink,
     ):
         sink.writerecords(features)
     return out
@@ -273,6 +323,7 @@ def write_quicklook(
     region: Callable[[Grid], np.ndarray] | None = None,
     overwrite: bool = False,
     max_side: int = 1200,
+    destination: Destination | None = None,
 ) -> Path:
     """A PNG of the source as an RGB composite with the heatmap over it.
 
@@ -284,7 +335,7 @@ def write_quicklook(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with rasterio.open(heatmap_path) as heatmap:
+    with rasterio.open(_reading(heatmap_path, destination)) as heatmap:
         heat, transform = cam_resolution_read(heatmap, band, max_side)
         outline = None
         if region is not None:
@@ -315,9 +366,11 @@ def write_quicklook(
         fontsize=10,
     )
     axes.set_axis_off()
-    with atomic(out, overwrite) as partial:
-        figure.savefig(partial, format="png", bbox_inches="tight")
-    plt.close(figure)
+    try:
+        with atomic(out, overwrite, destination) as partial:
+            figure.savefig(partial, format="png", bbox_inches="tight")
+    finally:
+        plt.close(figure)
     return out
 
 
@@ -363,35 +416,36 @@ def write_gis_products(
     rgb: Sequence[int] = (1, 2, 3),
     region: Callable[[Grid], np.ndarray] | None = None,
     overwrite: bool = False,
+    destination: Destination | None = None,
 ) -> dict[str, Path]:
     """Make every product ``options`` asks for; ``region`` reads the quicklook's outline.
 
-    All or nothing: when one product fails, those already written by this call are removed.
+    All or nothing: every product is staged in ``destination`` (the heatmap's, so that they
+    are committed with it; read from its scratch file) or in one of its own, committed only
+    when all of them succeeded.
     """
     paths = gis_paths(heatmap, options)
     band = options.band
-    written: list[Path] = []
-    try:
+    with contextlib.ExitStack() as stack:
+        own = destination is None
+        if destination is None:
+            destination = stack.enter_context(Destination(paths, overwrite=overwrite))
         if "qml" in paths:
-            written.append(write_qml(heatmap, band, overwrite))
+            write_qml(heatmap, band, overwrite, destination=destination)
         if "overlay" in paths:
-            written.append(write_overlay(heatmap, paths["overlay"], band, overwrite))
+            write_overlay(heatmap, paths["overlay"], band, overwrite, destination=destination)
         if "hotspots" in paths:
-            written.append(
-                write_hotspots(
-                    heatmap, paths["hotspots"], band, options.hotspot_threshold, overwrite
-                )
-            )
-        if "quicklook" in paths:
-            quicklook = write_quicklook(
-                heatmap, source, paths["quicklook"], rgb=rgb, band=band, region=region,
-                overwrite=overwrite,
+            write_hotspots(
+                heatmap, paths["hotspots"], band, options.hotspot_threshold, overwrite,
+                destination=destination,
             )  # fmt: skip
-            written.append(quicklook)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+        if "quicklook" in paths:
+            write_quicklook(
+                heatmap, source, paths["quicklook"], rgb=rgb, band=band, region=region,
+                overwrite=overwrite, destination=destination,
+            )  # fmt: skip
+        if own:
+            destination.commit()
     return paths
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import rasterio
 from torch import nn
 
-from geocam.errors import GeocamError
-from geocam.journal import Journal, journal_folder
+from geocam.errors import GeocamError, WriteFailed
+from geocam.journal import Journal, identities, journal_folder, journal_size, local_file
 from geocam.models import ModelSpec, build_model, file_sha256
-from geocam.output import ArraySink, GeoTiffWriter, StripSink, check_destination
+from geocam.output import ArraySink, Destination, GeoTiffWriter, StripSink, check_room
 from geocam.scene import (
     Explanation,
     Products,
@@ -48,6 +48,29 @@ def product_paths(out: str | Path, products: Products) -> dict[str, Path]:
     return {name: out.with_name(f"{out.stem}{SUFFIXES[name]}{suffix}") for name in names}
 
 
+def run_inputs(
+    sources: str | Path | Sequence[str | Path], spec: ModelSpec, explanation: Explanation
+) -> list[tuple[str, Path]]:
+    """Every file a run reads, with what it is: sources, checkpoint, region files."""
+    inputs = [("source", Path(p)) for p in _as_list(sources)]
+    inputs += [("source", local) for p in _as_list(sources) if (local := local_file(p)) is not None]
+    if spec.checkpoint is not None:
+        inputs.append(("checkpoint", Path(spec.checkpoint)))
+    inputs += [("region", path) for path in region_files(explanation.region)]
+    return inputs
+
+
+def region_files(region: object) -> list[Path]:
+    """The file a ``mask:`` or ``vector:`` region is read from (none for the others)."""
+    if isinstance(region, str):
+        kind, _, rest = region.partition(":")
+        if kind == "mask" and rest:
+            return [Path(rest)]
+        if kind == "vector" and rest:
+            return [Path(rest.partition(":")[0])]
+    return []
+
+
 def explain_raster(
     sources: str | Path | Sequence[str | Path],
     out: str | Path,
@@ -60,24 +83,60 @@ def explain_raster(
     nodata: float | None = None,
     model: nn.Module | None = None,
     resume: bool = False,
+    destination: Destination | None = None,
     fallback_nodata: float | None = None,
 ) -> SceneReport:
     """Explain one scene (one or more stacked rasters) and write its GeoTIFF products.
 
     The heatmap goes to ``out`` (bands: positive and signed map per class); probabilities and
-    the class map, when asked for, go beside it. Every file is written to a partial file and
-    renamed into place only when complete. ``nodata`` overrides the sources' own nodata and
-    masks; ``fallback_nodata`` (a preset's) applies only to files that declare none.
+    the class map, when asked for, go beside it. ``nodata`` overrides the sources' own nodata
+    and masks; ``fallback_nodata`` (a preset's) applies only to files that declare none.
+    Before any work the outputs are checked (none may be an input or another product), locked
+    against a concurrent run, and the disk is checked to hold the run (outputs and journal).
+    Every file is written under a per-run scratch name and all are renamed into place only
+    when all are complete. With a ``destination`` (entered, holding every product of a larger
+    run) the files are only staged there: the caller commits them with its own products.
 
     Progress is kept in ``OUT.resume`` while the run works (see :mod:`geocam.journal`). It is
-    removed on success and on errors, and kept when the run is killed or interrupted; with
-    ``resume`` a later run with the same inputs and settings continues from it and writes
-    outputs bitwise identical to an uninterrupted run's.
+    removed on success and on errors, and kept when the run is killed or interrupted or a write
+    fails (a full disk); with ``resume`` a later run with the same inputs and settings
+    continues from it and writes outputs bitwise identical to an uninterrupted run's.
     """
     products = products or Products()
     paths = product_paths(out, products)
-    for path in paths.values():
-        check_destination(path, products.overwrite)
+    if destination is not None:
+        missing = [name for name, path in paths.items() if destination.outputs.get(name) != path]
+        if missing:
+            raise ValueError(f"the destination does not hold the product(s) {missing}")
+        return _explain_into(
+            destination, sources, paths, spec, explanation, tiling, runtime, products, nodata,
+            model, resume, fallback_nodata,
+        )  # fmt: skip
+    inputs = run_inputs(sources, spec, explanation)
+    with Destination(paths, inputs=inputs, overwrite=products.overwrite) as own:
+        report = _explain_into(
+            own, sources, paths, spec, explanation, tiling, runtime, products, nodata, model,
+            resume, fallback_nodata,
+        )  # fmt: skip
+        own.commit()
+    return report
+
+
+def _explain_into(
+    destination: Destination,
+    sources: str | Path | Sequence[str | Path],
+    paths: dict[str, Path],
+    spec: ModelSpec,
+    explanation: Explanation,
+    tiling: Tiling | None,
+    runtime: Runtime | None,
+    products: Products,
+    nodata: float | None,
+    model: nn.Module | None,
+    resume: bool,
+    fallback_nodata: float | None,
+) -> SceneReport:
+    """:func:`explain_raster`'s work, with the products staged in ``destination``."""
     network = build_model(spec) if model is None else model
     source_paths = [Path(p) for p in _as_list(sources)]
     runtime = runtime or Runtime()
@@ -88,8 +147,11 @@ def explain_raster(
 
     extra_tags["GEOCAM_VERSION"] = __version__
     writers: dict[str, GeoTiffWriter] = {}
+    folder = journal_folder(paths["heatmap"])
 
     def sink(product: ProductSpec) -> StripSink:
+        if product.name == "heatmap":  # the first: every product's size is known from it
+            check_room(paths["heatmap"], _needed(product, products, journal_size(folder)))
         writer = GeoTiffWriter(
             paths[product.name],
             product.grid,
@@ -99,8 +161,9 @@ def explain_raster(
             nodata=product.nodata,
             compress=products.compress,
             overwrite=products.overwrite,
-            categories=_class_names(spec) if product.name == "classes" else None,
+            categories=product.categories,
             cog=products.cog,
+            destination=destination,
         )
         writers[product.name] = writer
         return journal.record(product.name, writer)
@@ -110,7 +173,8 @@ def explain_raster(
         RasterSource(source_paths, spec.bands, nodata, fallback_nodata) as source,
     ):
         fingerprint = {
-            "sources": [_file_identity(p) for p in source_paths],
+            "sources": identities(source_paths),
+            "regions": identities(region_files(explanation.region)),
             "spec": repr(spec),
             "explanation": repr(explanation),
             "tiling": repr(tiling or Tiling()),
@@ -120,7 +184,7 @@ def explain_raster(
             "fallback_nodata": repr(fallback_nodata),
             "tags": extra_tags,
         }
-        journal = Journal(journal_folder(paths["heatmap"]), fingerprint, resume=resume)
+        journal = Journal(folder, fingerprint, resume=resume, run_id=destination.run_id)
         try:
             report = explain_scene(
                 network, spec, source, explanation, sink,
@@ -134,8 +198,12 @@ def explain_raster(
                 writer.commit(region)
         except BaseException as error:
             for writer in writers.values():
-                writer.abort()  # all or nothing: a product already in place goes too
-            if not isinstance(error, KeyboardInterrupt):
+                writer.abort()
+            if isinstance(error, WriteFailed):
+                raise WriteFailed(  # the journal stays: the work done is not lost
+                    f"{error}; then rerun with --resume to continue from {folder.name}"
+                ) from error
+            if not isinstance(error, KeyboardInterrupt | WriteFailed):
                 journal.discard()  # kept only for a run that was stopped, to be resumed
             raise
     journal.discard()
@@ -143,10 +211,15 @@ def explain_raster(
     return report
 
 
-def _file_identity(path: Path) -> list[object]:
-    """Path, size and modification time: enough to notice that a source changed."""
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+def _needed(heat: ProductSpec, products: Products, stored: int) -> dict[str, int]:
+    """Bytes a run needs at most: every product uncompressed, and its journal of strips."""
+    pixels = heat.grid.width * heat.grid.height
+    raw = pixels * len(heat.bands) * 4
+    if products.probabilities:
+        raw += pixels * len(heat.bands) // 2 * 4
+    if products.class_map:
+        raw += pixels
+    return {"outputs": raw * (2 if products.cog else 1), "resume journal": max(0, raw - stored)}
 
 
 def explain_xarray(
@@ -218,7 +291,3 @@ def explain_xarray(
 
 def _as_list(sources: str | Path | Sequence[str | Path]) -> list[str | Path]:
     return [sources] if isinstance(sources, str | Path) else list(sources)
-
-
-def _class_names(spec: ModelSpec) -> list[str]:
-    return list(spec.classes)

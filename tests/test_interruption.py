@@ -8,6 +8,7 @@ and ``--resume`` must finish it with files bitwise identical to an uninterrupted
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -111,8 +112,12 @@ def test_stopped_run_leaves_nothing_at_the_destination_and_resumes_bitwise(
     out = tmp_path / "heat.tif"
     stderr = run_until_a_strip_is_stored(command(inputs, out), out, stop)
     left = sorted(p.name for p in tmp_path.iterdir())
-    if stop == signal.SIGKILL:  # no chance to clean up: only clearly named partial files
-        assert left == ["heat.tif.partial", "heat.tif.resume", "heat_classes.tif.partial"]
+    if stop == signal.SIGKILL:  # no chance to clean up: only clearly named scratch files
+        scratch = [re.sub(r"\.[0-9a-f]{8}\.partial$", ".RUN.partial", name) for name in left]
+        assert scratch == [
+            "heat.tif.RUN.partial", "heat.tif.lock", "heat.tif.resume",
+            "heat_classes.tif.RUN.partial", "heat_classes.tif.lock",
+        ]  # fmt: skip
     else:  # a clean stop with one line; the journal stays for --resume
         assert left == ["heat.tif.resume"]
         lines = stderr.strip().splitlines()
@@ -147,5 +152,71 @@ def test_disk_filling_up_during_the_write(inputs: tuple[Path, Path], tmp_path: P
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1 and "Traceback" not in message
     assert message.startswith("geocam: error: ") and "writing failed" in message
-    assert str(tmp_path) in message and "free disk space" in message
-    assert list(tmp_path.iterdir()) == []
+    assert str(tmp_path) in message and "free disk space" in message and "--resume" in message
+    assert [p.name for p in tmp_path.iterdir()] == ["heat.tif.resume"]  # the work done is kept
+
+
+FULL_AT_COMMIT = """
+import errno, sys
+from geocam.output import GeoTiffWriter, write_failed
+write, strips = GeoTiffWriter.write, []
+def full(self, row, data):  # the disk fills while the third strip of the heatmap is written
+    if self.path.name == "heat.tif":
+        strips.append(row)
+        if len(strips) == 3:
+            raise write_failed(self.partial, OSError(errno.ENOSPC, "No space left on device"))
+    write(self, row, data)
+GeoTiffWriter.write = full
+from geocam.cli import main
+sys.argv[0] = "geocam"
+main()
+"""
+
+
+def test_a_full_disk_keeps_the_journal_to_resume_once_there_is_room(
+    inputs: tuple[Path, Path], uninterrupted: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "heat.tif"
+    args = command(inputs, out, "-q")[3:]  # after "python -m geocam"
+    full = subprocess.run(
+        [sys.executable, "-c", FULL_AT_COMMIT, *args], capture_output=True, text=True
+    )
+    assert full.returncode == 1, full.stderr
+    assert full.stderr.count("\n") == 1 and "No space left on device" in full.stderr
+    assert "rerun with --resume" in full.stderr
+    assert any(journal_of(out).glob("heatmap-*.npy")), full.stderr
+    resumed = subprocess.run(command(inputs, out, "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed: rows above" in resumed.stdout
+    assert outputs(tmp_path) == uninterrupted
+
+
+def journal_of(out: Path) -> Path:
+    return out.with_name(out.name + ".resume")
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(
+    inputs: tuple[Path, Path], uninterrupted: dict, tmp_path: Path
+) -> None:
+    """Two real processes: the second is refused in one line, the first finishes intact."""
+    out = tmp_path / "heat.tif"
+    first = subprocess.Popen(
+        command(inputs, out, "-q"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while not any(journal_of(out).glob("heatmap-*.npy")):  # it holds the lock by now
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    first.send_signal(signal.SIGSTOP)  # a long run: it holds the lock while the others try
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        second = subprocess.run(command(inputs, out, "-q", *extra), capture_output=True, text=True)
+        assert second.returncode == 1, second.stderr
+        assert second.stderr == (
+            f"geocam: error: {out}: another geocam run is writing it (pid {first.pid}); "
+            "wait for it or choose another --out\n"
+        )
+    first.send_signal(signal.SIGCONT)
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert outputs(tmp_path) == uninterrupted  # nothing of the refused runs mixed in
