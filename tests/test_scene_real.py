@@ -89,29 +89,39 @@ def test_tiled_matches_untiled(
 def test_seams_no_worse_than_the_maps_own_gradient(
     shared_data: Path, model: torch.nn.Module
 ) -> None:
-    """Mean absolute step across tile borders against the mean step elsewhere.
+    """Mean absolute step across the lines where one tile hands over to the next, against the
+    mean step elsewhere.
 
-    Tiles of 128 give ten border lines per axis on this scene, enough for the means to measure
-    seams rather than whatever the map does at two particular rows (with tiles of 256 there
-    are two, and the seamless untiled map itself scores 1.6 there).
+    Those lines are the core boundaries, halfway across each overlap: at a tile's own edge the
+    margin gives the edge pixel no weight, so no seam can show there. Tiles of 128 give several
+    boundaries per axis. With an overlap of twice the layer's stride (32) the taper hides
+    them (measured 1.42 and 1.66; the untiled map scores 1.34 and 0.94 on the same lines); with
+    an overlap of one stride tiles meet at a hard cut (measured 27 and 25), which the same
+    bound catches.
     """
     preset = load_config(CONFIG)
     assert preset.spec.layer is not None
-    scene = tiled(model, shared_data / RALEIGH, preset.spec.layer, "scene", Tiling(128, 32))
-    ratios = border_step_ratios(scene, TileLayout.plan(*scene.shape, 128, 32, 32))
-    assert max(ratios) <= 1.1, f"border / elsewhere step ratios {ratios}"
+    path = shared_data / RALEIGH
+    reference, valid = untiled(model, path, preset.spec.layer)
+    for overlap, seamless in ((64, True), (32, False)):
+        scene = tiled(model, path, preset.spec.layer, "scene", Tiling(128, overlap))
+        layout = TileLayout.plan(*scene.shape, 128, overlap, 32)
+        ratios = handover_step_ratios(scene, layout)
+        untiled_ratios = handover_step_ratios(np.where(valid, reference, np.nan), layout)
+        bound = 2 * max(1.0, *untiled_ratios)
+        assert (max(ratios) <= bound) == seamless, f"overlap {overlap}: ratios {ratios} ({bound})"
 
 
-def border_step_ratios(scene: np.ndarray, layout: TileLayout) -> list[float]:
-    """Per axis: mean |step| between pixels on either side of a tile edge / mean elsewhere."""
+def handover_step_ratios(scene: np.ndarray, layout: TileLayout) -> list[float]:
+    """Per axis: mean |step| across the core boundaries / mean |step| elsewhere."""
     ratios = []
-    for axis, length in ((1, scene.shape[1]), (0, scene.shape[0])):
+    cores = [layout.core(w) for w in layout.windows()]
+    for axis in (1, 0):
         steps = np.abs(np.diff(scene, axis=axis))
-        edges = {o for o in layout.offsets(length) if o > 0}
-        edges |= {o + layout.tile for o in layout.offsets(length) if o + layout.tile < length}
-        at_border = np.zeros(steps.shape[axis], bool)
-        at_border[[e - 1 for e in edges]] = True  # the step from pixel e - 1 to pixel e
-        border = np.take(steps, np.flatnonzero(at_border), axis=axis)
-        elsewhere = np.take(steps, np.flatnonzero(~at_border), axis=axis)
-        ratios.append(float(np.nanmean(border) / np.nanmean(elsewhere)))
+        starts = {int(c.col_off if axis == 1 else c.row_off) for c in cores} - {0}
+        at_boundary = np.zeros(steps.shape[axis], bool)
+        at_boundary[[b - 1 for b in starts]] = True  # the step from pixel b - 1 to pixel b
+        across = np.take(steps, np.flatnonzero(at_boundary), axis=axis)
+        elsewhere = np.take(steps, np.flatnonzero(~at_boundary), axis=axis)
+        ratios.append(float(np.nanmean(across) / np.nanmean(elsewhere)))
     return ratios
