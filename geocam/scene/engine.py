@@ -228,7 +228,7 @@ class _Scene:
                 self._check_region()
         finally:
             bar.close()
-        if self.heat_peak == 0:
+        if self.heat_peak == 0 and self.resume_row == 0:  # (a resumed run replays part)
             raise GeocamError(
                 f"the maps of {', '.join(self.class_names)} at layer {self.layer!r} are zero "
                 "everywhere: the region's score does not depend on that layer here; choose "
