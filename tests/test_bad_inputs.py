@@ -124,6 +124,21 @@ def with_file(path: Path, data: bytes, args: list[str]) -> list[str]:
     return args
 
 
+def folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def symlink(link: Path, target: Path) -> Path:
+    link.symlink_to(target)
+    return link
+
+
+def hardlink(link: Path, target: Path) -> Path:
+    link.hardlink_to(target)
+    return link
+
+
 def far_mask(path: Path) -> Path:
     """A mask on its own grid, 90 km east of the scene."""
     far = from_origin(LEFT + 90_000, TOP, PIXEL, PIXEL)
@@ -559,6 +574,111 @@ CASES = [
         lambda r: r.explain("-o", r.out.parent),
         "--out",
         "is a folder; give a file name",
+    ),
+    # --- outputs that would destroy an input or another product (issue 11) -------------------
+    case(
+        "output-is-the-source",
+        lambda r: r.explain("-o", r.scene, "--overwrite"),
+        "scene.tif is an input (source",
+        "never writes over its inputs",
+    ),
+    case(
+        "output-is-the-source-through-a-symlink",
+        lambda r: r.explain("-o", symlink(r.out.parent / "link.tif", r.scene), "--overwrite"),
+        "link.tif is an input (source",
+    ),
+    case(
+        "output-hard-link-to-the-source",
+        lambda r: r.explain("-o", hardlink(r.out.parent / "same.tif", r.scene), "--overwrite"),
+        "same.tif is an input (source",
+    ),
+    case(
+        "class-map-is-the-source",  # heat_classes.tif is the input
+        lambda r: r.explain(
+            "-o",
+            r.inputs / "heat.tif",
+            "--class-map",
+            "--overwrite",
+            source=raster(r.inputs / "heat_classes.tif", noisy()),
+        ),
+        "heat_classes.tif is an input (source",
+    ),
+    case(
+        "overlay-is-the-mask-region",
+        lambda r: r.explain(
+            "-o",
+            r.inputs / "m.tif",
+            "--overlay",
+            "--overwrite",
+            "--region",
+            f"mask:{raster(r.inputs / 'm_overlay.tif', np.ones((1, 64, 64), np.uint8))}",
+        ),
+        "m_overlay.tif is an input (region",
+    ),
+    case(
+        "qml-is-the-config",
+        lambda r: r.explain(
+            "-o", r.inputs / "tiny.tif", "--overwrite", config=text(r.inputs / "tiny.qml", TINY)
+        ),
+        "tiny.qml is an input (config",
+    ),
+    case(
+        "hotspots-is-the-vector-region",
+        lambda r: r.explain(
+            "-o",
+            r.inputs / "v.tif",
+            "--hotspots",
+            "--overwrite",
+            "--region",
+            f"vector:{vector(r.inputs / 'v_hotspots.gpkg', [INSIDE])}",
+        ),
+        "v_hotspots.gpkg is an input (region",
+    ),
+    case(
+        "output-suffix-png-with-quicklook",  # heatmap and quicklook would both be heat.png
+        lambda r: r.explain("-o", r.out.with_suffix(".png"), "--quicklook", "--overwrite"),
+        "heat.png: the heatmap is a GeoTIFF",
+        "ending in .tif or .tiff",
+    ),
+    case(
+        "journal-folder-is-the-users",  # no run.json: not geocam's, never deleted
+        lambda r: with_file(
+            folder(r.out.parent / "heat.tif.resume") / "notes.txt", b"mine", r.explain()
+        ),
+        "heat.tif.resume is not geocam's resume folder",
+        "move it away",
+    ),
+    case(
+        "journal-folder-is-the-users-with-a-result-inside",
+        lambda r: with_file(
+            folder(r.out.parent / "heat.tif.resume") / "b.tif", b"a finished result", r.explain()
+        ),
+        "heat.tif.resume is not geocam's resume folder",
+    ),
+    case(
+        "journal-name-is-a-file",
+        lambda r: with_file(r.out.parent / "heat.tif.resume", b"a file", r.explain("--resume")),
+        "heat.tif.resume exists and is not geocam's resume folder",
+    ),
+    case(
+        "lock-name-is-a-folder",
+        lambda r: with_file(folder(r.out.parent / "heat.tif.lock") / "x", b"x", r.explain()),
+        "heat.tif.lock is a folder, not a geocam lock file",
+    ),
+    case(
+        "lock-name-is-a-user-file",
+        lambda r: with_file(r.out.parent / "heat.tif.lock", b"my notes", r.explain()),
+        "heat.tif.lock exists and is not a geocam lock file",
+    ),
+    case(
+        "where-without-a-vector-region",
+        lambda r: r.explain("--where", "name=a"),
+        "--where name=a: filters a vector region",
+    ),
+    case(
+        "class-repeated",
+        lambda r: [*r.explain(), "--class", "water"],
+        "--class: a class is named twice",
     ),
     # --- tiling and the other options --------------------------------------------------------
     case(
