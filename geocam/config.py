@@ -151,6 +151,8 @@ class _Reader:
         ):
             self.fail("bands", "expected a list of lists of 1-based band numbers, one per raster")
         checkpoint = self.get("checkpoint", str, None)
+        if checkpoint is not None and not checkpoint.strip():
+            self.fail("checkpoint", "is empty; name the weights file, or remove the field")
         method = self.get("method", str, "gradcam")
         if method not in METHODS:
             self.fail("method", f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -168,7 +170,9 @@ class _Reader:
                 normalisation=normalisation,
                 layer=layer,
                 method=method,
-                checkpoint=(self.path.parent / checkpoint) if checkpoint else None,
+                checkpoint=(self.path.parent / Path(checkpoint).expanduser())
+                if checkpoint
+                else None,
                 factory=factory,
                 options=options,
             )

@@ -134,7 +134,13 @@ class ShapeRegion:
                     raise GeocamError(
                         f"--region vector: {path} declares no CRS; add one (e.g. a .prj file)"
                     )
-                source_crs = CRS.from_user_input(collection.crs)
+                try:
+                    source_crs = CRS.from_user_input(collection.crs)
+                except CRSError as exc:
+                    raise GeocamError(
+                        f"--region vector: {path} declares a CRS GDAL cannot use "
+                        f"({first_line(exc)}); fix its CRS"
+                    ) from None
                 if field is not None and field not in collection.schema["properties"]:
                     raise GeocamError(
                         f"--where: {path} has no field {field!r}; fields: "
@@ -144,6 +150,7 @@ class ShapeRegion:
                     feature.geometry
                     for feature in collection
                     if feature.geometry is not None
+                    and feature.geometry.coordinates  # an empty geometry covers nothing
                     and (field is None or str(feature.properties[field]) == value)
                 ]
         except (fiona.errors.DriverError, ValueError) as exc:
@@ -154,6 +161,12 @@ class ShapeRegion:
             )
         if not geometries:
             raise GeocamError(f"--region vector: {path} has no features; give a file with polygons")
+        kinds = sorted({g.type for g in geometries} - {"Polygon", "MultiPolygon"})
+        if kinds:
+            raise GeocamError(
+                f"--region vector: {path} holds {', '.join(kinds)} geometries; a region needs "
+                "polygons (buffer points or lines first)"
+            )
         try:
             shapes = [transform_geom(source_crs, grid.crs, dict(g)) for g in geometries]
         except CPLE_BaseError as exc:

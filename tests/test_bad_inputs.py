@@ -124,6 +124,22 @@ def with_file(path: Path, data: bytes, args: list[str]) -> list[str]:
     return args
 
 
+def shapes(path: Path, kind: str) -> Path:
+    """One feature of geometry type ``kind`` inside the scene (a Polygon is left empty)."""
+    x0, y0, x1, y1 = INSIDE
+    coordinates = {
+        "Point": (x0, y0),
+        "LineString": [(x0, y0), (x1, y1)],
+        "Polygon": [],
+    }[kind]
+    schema = {"geometry": kind, "properties": {"name": "str"}}
+    with fiona.open(path, "w", driver="GPKG", crs=CRS, schema=schema) as sink:
+        sink.write(
+            {"geometry": {"type": kind, "coordinates": coordinates}, "properties": {"name": "a"}}
+        )
+    return path
+
+
 def folder(path: Path) -> Path:
     path.mkdir()
     return path
@@ -679,6 +695,28 @@ CASES = [
         "class-repeated",
         lambda r: [*r.explain(), "--class", "water"],
         "--class: a class is named twice",
+    ),
+    case(
+        "region-vector-points",
+        lambda r: r.explain("--region", f"vector:{shapes(r.inputs / 'wells.gpkg', 'Point')}"),
+        "wells.gpkg holds Point geometries",
+        "a region needs polygons",
+    ),
+    case(
+        "region-vector-lines",
+        lambda r: r.explain("--region", f"vector:{shapes(r.inputs / 'roads.gpkg', 'LineString')}"),
+        "roads.gpkg holds LineString geometries",
+    ),
+    case(
+        "region-vector-empty-geometry",
+        lambda r: r.explain("--region", f"vector:{shapes(r.inputs / 'hole.gpkg', 'Polygon')}"),
+        "hole.gpkg has no features",
+    ),
+    case(
+        "checkpoint-empty",
+        lambda r: r.with_config("empty.yaml", TINY + "checkpoint: ''\n"),
+        "field 'checkpoint'",
+        "is empty",
     ),
     # --- tiling and the other options --------------------------------------------------------
     case(

@@ -221,3 +221,22 @@ def test_an_unreadable_journal_strip_is_computed_again(
     report = explain(scene, out, model, "all", resume=True)
     assert report.resumed_from_row == 0  # type: ignore[attr-defined]
     assert out.read_bytes() == (tmp_path / "whole" / "heat.tif").read_bytes()
+
+
+def test_a_checkpoint_path_with_a_tilde_is_the_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import save_file
+    from test_bad_inputs import TINY, text
+
+    from geocam.config import load_config
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.manual_seed(0)
+    spec = load_config(text(tmp_path / "plain.yaml", TINY)).spec
+    save_file(build_model(spec).state_dict(), str(tmp_path / "w.safetensors"))
+    (tmp_path / "configs").mkdir()
+    preset = load_config(
+        text(tmp_path / "configs" / "c.yaml", TINY + "checkpoint: ~/w.safetensors\n")
+    )
+    assert preset.spec.checkpoint == tmp_path / "w.safetensors"
