@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from geocam.cli import cli
 from geocam.errors import GeocamError
 from geocam.products import area_m2, composite_source, otsu
+from geocam.sources import Grid
 
 ROOT = Path(__file__).resolve().parents[1]
 LANDCOVER = ROOT / "configs" / "landcover_raleigh.yaml"
@@ -150,6 +151,110 @@ def test_quicklook_png(products: Path) -> None:
 
     with Image.open(products / "forest.png") as image:
         assert image.format == "PNG" and image.width > 500 and image.height > 400
+        assert cyan(np.asarray(image.convert("RGB"))).any()  # the predicted region's outline
+
+
+def cyan(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of the outline's cyan, also antialiased over any background the test draws."""
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    return (r < 80) & (g > 180) & (b > 100)
+
+
+def image_box(rgb: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the map in a quicklook whose composite has no white.
+
+    The map is the leftmost block of columns that are mostly non-white (a white gap separates
+    it from the colour bar); its rows are those where nearly every one of its columns is.
+    """
+    ink = (rgb < 240).any(axis=-1)
+    columns = ink.sum(axis=0) > 0.5 * ink.sum(axis=0).max()
+    left = int(np.argmax(columns))
+    width = int(np.argmin(columns[left:]))
+    rows = ink[:, left : left + width].mean(axis=1) > 0.95
+    top = int(np.argmax(rows))
+    height = int(np.argmin(rows[top:]))
+    return top, left, height, width
+
+
+def test_quicklook_draws_heat_outline_and_composite_where_they_are(tmp_path: Path) -> None:
+    """A 64 x 64 scene whose every cell has a known colour in the quicklook.
+
+    Composite: band 1 is 10 in the left half and 200 in the right, band 2 the same top and
+    bottom, band 3 constant; the 2-98 % stretch makes the quadrants black, red (top right),
+    green (bottom left) and yellow, blue nowhere. Heat: 1.0 (the P99: full colour at opacity
+    0.75) in a block in the top-right quadrant, 0.25 in one in the bottom right, NaN in the
+    bottom-left quadrant, -0.5 (no positive evidence: not drawn) in the top-left one, 0
+    elsewhere. The region is a rectangle in the bottom-left quadrant, outlined in cyan. Every
+    layout is asymmetric, so a transposed or flipped heat, composite or outline puts colours
+    in the wrong cells.
+    """
+    from matplotlib import colormaps
+    from PIL import Image
+
+    from geocam.products import write_quicklook
+
+    n = 64
+    rows, cols = np.mgrid[:n, :n]
+    profile = {
+        "driver": "GTiff", "width": n, "height": n, "crs": "EPSG:32617",
+        "transform": rasterio.transform.from_origin(500000, 4000000, 30, 30),
+    }  # fmt: skip
+    bands = [np.where(cols < 32, 10, 200), np.where(rows < 32, 10, 200), np.full((n, n), 50)]
+    with rasterio.open(tmp_path / "scene.tif", "w", count=3, dtype="uint8", **profile) as dst:
+        dst.write(np.stack(bands).astype(np.uint8))
+    hot = (rows >= 4) & (rows < 16) & (cols >= 40) & (cols < 60)
+    heat = np.where(hot, 1.0, 0.0).astype(np.float32)
+    warm = (rows >= 44) & (rows < 52) & (cols >= 34) & (cols < 40)
+    heat[warm] = 0.25  # inferno(0.25) at opacity 0.75 * sqrt(0.25)
+    heat[(rows >= 32) & (cols < 32)] = np.nan
+    heat[(rows < 32) & (cols < 32)] = -0.5
+    with rasterio.open(tmp_path / "heat.tif", "w", count=1, dtype="float32", **profile) as dst:
+        dst.write(heat, 1)
+        dst.update_tags(1, GEOCAM_P99="1.0")
+    region = (rows >= 36) & (rows < 60) & (cols >= 6) & (cols < 26)
+
+    def read_region(grid: Grid) -> np.ndarray:
+        assert (grid.height, grid.width) == (n, n)
+        return region
+
+    out = write_quicklook(tmp_path / "heat.tif", tmp_path / "scene.tif", tmp_path / "q.png",
+                          region=read_region)  # fmt: skip
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+        rgb = np.asarray(image.convert("RGB"))
+    top, left, height, width = image_box(rgb)
+    assert abs(height - width) <= 2 and height > 5 * n  # the square map, >= 5 pixels a cell
+
+    def pixel(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The PNG pixel at map coordinates (row, column), cell centres at integers."""
+        row, column = top + (y + 0.5) * height / n, left + (x + 0.5) * width / n
+        return row.astype(int), column.astype(int)
+
+    composite = np.stack([cols >= 32, rows >= 32, np.zeros((n, n), bool)], -1).astype(float)
+    expected = composite.copy()
+    for where, value in ((hot, 1.0), (warm, 0.25)):
+        opacity = 0.75 * np.sqrt(value)
+        colour = np.asarray(colormaps["inferno"](value)[:3])
+        expected[where] = opacity * colour + (1 - opacity) * composite[where]
+    seen = rgb[pixel(rows, cols)] / 255  # each cell's centre
+    wrong = np.abs(seen - expected).max(axis=-1) > 10 / 255
+    assert not wrong.any(), f"{wrong.sum()} cells off, e.g. (row, col) {np.argwhere(wrong)[:3]}"
+
+    ys, xs = np.nonzero(cyan(rgb))
+    y, x = (ys - top) / height * n - 0.5, (xs - left) / width * n - 0.5  # map coordinates
+    assert ys.size, "no outline"
+    # every cyan pixel on the rectangle's edge (rows 35.5 and 59.5, columns 5.5 and 25.5; the
+    # contour cuts each corner diagonally, whence 0.4 of a cell) ...
+    near_rows = (np.minimum(abs(y - 35.5), abs(y - 59.5)) <= 0.4) & (x > 5.1) & (x < 25.9)
+    near_cols = (np.minimum(abs(x - 5.5), abs(x - 25.5)) <= 0.4) & (y > 35.1) & (y < 59.9)
+    assert (near_rows | near_cols).all(), "outline pixels off the region's edge"
+    # ... and all the way round it: cyan within a third of a cell of each edge's cell midpoints
+    along = np.arange(0.0, 20.0) + 6
+    down = np.arange(0.0, 24.0) + 36
+    edge = [*((35.5, c) for c in along), *((59.5, c) for c in along),
+            *((r, 5.5) for r in down), *((r, 25.5) for r in down)]  # fmt: skip
+    for r, c in edge:
+        assert (np.hypot(y - r, x - c) <= 0.34).any(), f"no outline at row {r}, column {c}"
 
 
 def test_otsu_by_hand() -> None:
