@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +24,36 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     low = maps.amin(dim=(-2, -1), keepdim=True)
     high = maps.amax(dim=(-2, -1), keepdim=True)
     return (maps - low) / (high - low + 1e-7)
+
+
+def agreement_float64(model: nn.Module, images: torch.Tensor) -> tuple[float, float]:
+    """Max abs. difference of the min-max scaled maps, geocam vs pytorch-grad-cam, and its bound.
+
+    Both run a float64 copy of the network: in float32 the maps of two correct implementations
+    differ by whatever the CPU's kernels make of ReLU gates within rounding of zero (8.8e-5 on
+    one machine, 1.1e-4 on an AMD EPYC against a fixed 1e-4), which measures the CPU, not the
+    implementations. In float64 what remains is derived in tests/test_agreement.py: the two
+    min-max epsilons and pytorch-grad-cam's float32 scaling, about 1e-6.
+    """
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_agreement import minmax_agreement_bound  # type: ignore[import-not-found]
+
+    model64 = copy.deepcopy(model).double()
+    images64 = images.double()
+    size = (images.shape[-2], images.shape[-1])
+    result = geocam.explain(model64, images64, [CLASS], LAYER, region="predicted")
+    positive = result.upsample(size).positive[:, 0]
+    with torch.no_grad():
+        masks = (model64(images64).argmax(dim=1) == CLASS).double()
+    grad_cam = GradCAM(model=model64, target_layers=[geocam.resolve_layer(model64, LAYER)])
+    targets = [SemanticSegmentationTarget(CLASS, m.numpy()) for m in masks]
+    theirs = torch.from_numpy(np.asarray(grad_cam(input_tensor=images64, targets=targets)))
+    difference = float((minmax(positive) - theirs).abs().max())
+    bound: float = minmax_agreement_bound(positive.numpy())
+    return difference, bound
 
 
 @register("core")
@@ -114,11 +146,9 @@ def core(settings: Settings) -> list[Row]:
         },
         settings.repeats,
     )
-    log("core 4/4: agreement of the maps")
+    log("core 4/4: agreement of the maps (float64)")
+    difference, bound = agreement_float64(model, images)
     result = geocam_one()
-    ours = minmax(result.upsample(size).positive[:, 0])
-    theirs = torch.from_numpy(pytorch_grad_cam())
-    difference = float((ours - theirs).abs().max())
     signed = result.signed[:, 0]
     captum_map = captum_gradcam().detach()[:, 0]
     relative = float((captum_map - signed).abs().max() / signed.abs().max())
@@ -165,12 +195,12 @@ def core(settings: Settings) -> list[Row]:
             "x",
         ),
         Row(
-            "max abs. difference, min-max scaled maps: geocam vs pytorch-grad-cam",
+            "max abs. difference, min-max scaled maps, float64: geocam vs pytorch-grad-cam",
             difference,
             "diff",
-            Target("<", 1e-4),
+            Target("<=", bound),
         ),
-        Row("max rel. difference, signed maps: Captum vs geocam", relative, "diff"),
+        Row("max rel. difference, signed maps, float32: Captum vs geocam", relative, "diff"),
         Row(
             "class-1 mask pixels that differ, NCHW vs channels-last forward",
             float((mask != mask_cl).sum()),
