@@ -32,7 +32,7 @@ def untiled(model: torch.nn.Module, path: Path, layer: str) -> tuple[np.ndarray,
     assert preset.spec.normalisation is not None
     with rasterio.open(path) as src:
         pixels = torch.from_numpy(src.read().astype(np.float32))
-        valid = src.dataset_mask() > 0
+        valid = (src.read_masks() > 0).all(axis=0)  # geocam's rule: every band has data
     pixels = preset.spec.normalisation.apply(pixels) * torch.from_numpy(valid)
     height, width = valid.shape
     padded = torch.nn.functional.pad(pixels[None], (0, 512 - width, 0, 448 - height), "reflect")
@@ -75,7 +75,19 @@ def model() -> torch.nn.Module:
 def test_tiled_matches_untiled(
     shared_data: Path, model: torch.nn.Module, stage: int, target: float
 ) -> None:
-    """Pearson r of the positive maps; `benchmarks/run.py agreement` reports all figures."""
+    """Pearson r of the positive maps; `benchmarks/run.py agreement` reports all figures.
+
+    Asserted: scene weights make the tiled map agree with the untiled one to r >= 0.95 at the
+    last stage (measured 0.9637) and r >= 0.99 at the stage before (0.9963), better than
+    per-tile weights do (0.44, 0.92); what remains is tile context, layers that see beyond the
+    64-pixel overlap. The figures are the network's, not the CPU's: the same runs in float64
+    give the same r to 6 decimals (the maps move by 8e-7 untiled and 1.5e-5 tiled, relative
+    to their maximum, on an AMD EPYC). Bound: kernels off by d (relative to each map's
+    maximum) move r by at most d * (max / std of each map, 6.1 and 5.9 here, by
+    Cauchy-Schwarz on the centred maps) = 12 d, so the margins (0.0137 and 0.0063) hold for
+    any d up to 1.1e-3 and 5e-4: 35x to 75x what was measured. float64 itself is not run
+    here: 150 s (last stage) to 600 s (stage before) on 2 cores, against ~25 s in float32.
+    """
     layer = default_layer(model, 6, stage=stage)
     reference, valid = untiled(model, shared_data / RALEIGH, layer)
     scene = tiled(model, shared_data / RALEIGH, layer, "scene")
