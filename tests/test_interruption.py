@@ -69,6 +69,13 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def command(inputs: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    """The run every test starts, stopped or not.
+
+    Bitwise equality across these processes holds by construction: each process has the same
+    environment on the same machine (so the same torch thread count and kernels), and a
+    resumed run feeds the network the same tiles in the same batches (one tile each here) as
+    an uninterrupted one, so every kernel sees the same shapes and inputs.
+    """
     scene, config = inputs
     return [
         sys.executable, "-m", "geocam", "explain", str(scene), "-c", str(config), "--class", "a",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,22 @@ SPEC = ModelSpec(
     normalisation=Normalisation((1 / 255,) * 3, (0.0,) * 3),
     options={"encoder_depth": 3, "decoder_channels": (16, 8, 8)},  # shallow: a fast test
 )
+
+
+@pytest.fixture(autouse=True)
+def deterministic() -> Iterator[None]:
+    """Bitwise claims need the same bits from the same computation.
+
+    They hold by construction: one process (one thread count), and a resumed run feeds the
+    network the same tiles in the same batches as an uninterrupted one, so every kernel sees
+    the same shapes and inputs (float32 kernels may round differently with the batch size;
+    the batches never differ here). Deterministic algorithms make torch refuse, rather than
+    silently use, any operation without a run-to-run reproducible implementation.
+    """
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
 
 
 @pytest.fixture(scope="module")
