@@ -10,10 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from click.testing import CliRunner
 from conftest import tiny_preset
+from safetensors.torch import save_file
 
+from geocam import build_model, load_config
 from geocam.cli import cli
+from geocam.products import region_outline
+from geocam.sources import Grid
 
 ROOT = Path(__file__).resolve().parents[1]
 LANDCOVER = ROOT / "configs" / "landcover_raleigh.yaml"
@@ -241,3 +246,58 @@ def test_a_presets_nodata_does_not_override_the_files_own(tmp_path: Path, kind: 
     with rasterio.open(out) as heat:
         values = heat.read()
     assert np.isfinite(values[:, where]).all() and np.isnan(values[:, 0, 0]).all()
+
+
+def test_one_channel_network_class_map_outline_and_region_follow_one_rule(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    # a sigmoid network: class map, quicklook outline and region are all "p > threshold"
+    # (one tile, so that the region, decided per tile, and the blended class map coincide)
+    config = tmp_path / "water.yaml"
+    preset = tiny_preset("[water]", tile=800, overlap=64)
+    config.write_text(preset)
+    torch.manual_seed(0)  # one set of weights for both runs, from a checkpoint
+    save_file(build_model(load_config(config).spec).state_dict(), tmp_path / "water.safetensors")
+    config.write_text(preset + "checkpoint: water.safetensors\n")
+    out = tmp_path / "water.tif"
+    args = ["explain", str(shared_data / ANDROS), "-c", str(config), "--class", "water"]
+    exit_code, output = invoke(*args, "-o", str(out), "--probabilities", "-q")
+    assert exit_code == 0, output
+    with rasterio.open(tmp_path / "water_probability.tif") as probabilities:
+        probability = probabilities.read(1)
+    threshold = float(np.nanmedian(probability))  # so that both values occur
+    out = tmp_path / "rule.tif"
+    exit_code, output = invoke(
+        *args, "-o", str(out), "--class-map", "--quicklook", "--threshold", f"{threshold!r}"
+    )
+    assert exit_code == 0, output
+    with rasterio.open(tmp_path / "rule_classes.tif") as classes, rasterio.open(out) as heat:
+        values = classes.read(1)
+        valid = np.isfinite(probability)
+        expected = (probability > threshold).astype(np.uint8)
+        np.testing.assert_array_equal(values[valid], expected[valid])
+        assert 0 < (values == 1).sum() < valid.sum()
+        region_pixels = float(heat.tags()["GEOCAM_REGION_PIXELS_WATER"])
+    assert region_pixels == (values == 1).sum()
+    names = Path(f"{tmp_path / 'rule_classes.tif'}.aux.xml").read_text()
+    assert "<Category>not water</Category><Category>water</Category>" in names
+    with rasterio.open(out) as heat:
+        grid = Grid(heat.crs, heat.transform, heat.width, heat.height)
+    outline = region_outline("predicted", None, tmp_path / "rule_classes.tif", 1)
+    assert outline is not None
+    np.testing.assert_array_equal(outline(grid), values == 1)
+
+
+def test_tiles_meeting_at_a_hard_cut_warn_in_one_line(shared_data: Path, tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_RGB)
+    exit_code, output = invoke(
+        "explain", str(shared_data / ANDROS), "-c", str(config), "--class", "sea",
+        "--method", "hirescam", "--tile", "256", "--overlap", "8", "-o", str(tmp_path / "a.tif"),
+    )  # fmt: skip
+    assert exit_code == 0, output
+    warning = (
+        "geocam: warning: --overlap (8) is less than twice the layer's stride (8): neighbouring "
+        "tiles meet at a hard cut; use an overlap of at least 16\n"
+    )
+    assert warning in output and output.count("warning") == 1
