@@ -27,7 +27,7 @@ from geocam.scene import (
     Tiling,
     explain_scene,
 )
-from geocam.sources import ArraySource, Grid, RasterSource
+from geocam.sources import ArraySource, Grid, RasterSource, mean_fill
 from geocam.tiling import native_transform
 
 if TYPE_CHECKING:
@@ -168,9 +168,10 @@ def _explain_into(
         writers[product.name] = writer
         return journal.record(product.name, writer)
 
+    fill = mean_fill(spec.normalisation, spec.in_channels)  # what a band without data reads
     with (
         rasterio.Env(GDAL_CACHEMAX=runtime.gdal_cache_mb),
-        RasterSource(source_paths, spec.bands, nodata, fallback_nodata) as source,
+        RasterSource(source_paths, spec.bands, nodata, fallback_nodata, fill) as source,
     ):
         fingerprint = {
             "sources": identities(source_paths),
@@ -235,8 +236,9 @@ def explain_xarray(
     """Explain a ``(band, y, x)`` DataArray with a CRS and transform (rioxarray ``.rio``).
 
     Returns the heatmap as a ``(band, y, x)`` float32 DataArray on the same grid (or the
-    feature map's grid for ``resolution="native"``) with the same CRS, NaN where nodata: a
-    pixel is nodata where any selected band holds the DataArray's nodata or is not finite.
+    feature map's grid for ``resolution="native"``) with the same CRS, NaN where nodata: where
+    every selected band holds the DataArray's nodata or is not finite. A band without data at
+    a pixel that has others is fed as its mean (:func:`geocam.sources.fill_nodata`).
     """
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
@@ -251,8 +253,9 @@ def explain_xarray(
     transform = data.rio.transform()
     grid = Grid(data.rio.crs, transform, pixels.shape[2], pixels.shape[1])
     nodata = data.rio.nodata if data.rio.nodata is not None else data.rio.encoded_nodata
-    # nodata in one band is enough: the pixel is kept from the network (and non-finite)
-    valid = None if nodata is None or np.isnan(nodata) else (pixels != nodata).all(axis=0)
+    if nodata is not None and not np.isnan(nodata):  # a band's nodata is never data: NaN
+        pixels = np.where(pixels == nodata, np.float32(np.nan), pixels.astype(np.float32))
+    source = ArraySource(pixels, grid, fill=mean_fill(spec.normalisation, len(pixels)))
     sinks: dict[str, ArraySink] = {}
 
     def sink(product: ProductSpec) -> ArraySink:
@@ -262,7 +265,7 @@ def explain_xarray(
     products = Products(resolution="native" if resolution == "native" else "source")
     network = build_model(spec) if model is None else model
     report = explain_scene(
-        network, spec, ArraySource(pixels, grid, valid), explanation, sink,
+        network, spec, source, explanation, sink,
         tiling=tiling, runtime=runtime, products=products,
     )  # fmt: skip
     heat = sinks["heatmap"].data

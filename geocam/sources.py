@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import rasterio
@@ -59,6 +59,49 @@ def same_grid(a: Grid, b: Grid, tolerance_px: float = 1e-3) -> bool:
     )
 
 
+def mean_fill(normalisation: Any, count: int) -> tuple[float, ...]:
+    """Per band, the raw value that a normalisation maps to 0: the band's mean.
+
+    ``normalisation`` is a :class:`geocam.models.Normalisation` (``x * scale + offset``) or
+    None (the network reads raw values: 0).
+    """
+    if normalisation is None:
+        return (0.0,) * count
+    return tuple(-o / s for s, o in zip(normalisation.scale, normalisation.offset, strict=True))
+
+
+def fill_nodata(
+    pixels: np.ndarray,
+    band_valid: np.ndarray,
+    groups: Sequence[int],
+    fill: Sequence[float] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The valid pixels, and the pixels with each band that has no data set to its fill value.
+
+    ``band_valid`` ``(C, h, w)`` says where each band has data (non-finite values never do);
+    ``groups``, how many of the ``C`` bands each stacked raster gives. Without ``fill`` a
+    pixel is valid only where every band has data. With ``fill`` (one raw value per band: the
+    band's mean, :func:`mean_fill`) a pixel is valid where every raster has data in at least
+    one of its bands, and a band without data there is fed as its mean: a nodata value (a
+    -3.4e38 sentinel, 65535, 0) never reaches the network, and a pixel keeps the bands it has.
+    """
+    band_valid = band_valid & np.isfinite(pixels)
+    if fill is None:
+        return pixels, np.asarray(band_valid.all(axis=0))
+    if len(fill) != len(pixels):
+        raise ValueError(f"fill has {len(fill)} values for {len(pixels)} bands")
+    valid = np.ones(pixels.shape[1:], dtype=bool)
+    start = 0
+    for size in groups:
+        valid &= band_valid[start : start + size].any(axis=0)
+        start += size
+    holes = valid & ~band_valid
+    if holes.any():
+        values = np.asarray(fill, dtype=np.float32)[:, None, None]
+        pixels = np.where(holes, values, pixels).astype(np.float32, copy=False)
+    return pixels, valid
+
+
 class TileSource(Protocol):
     """Pixels of a scene, window by window."""
 
@@ -71,18 +114,27 @@ class TileSource(Protocol):
 
 
 class ArraySource:
-    """A scene held in memory as a ``(bands, H, W)`` array.
+    """A scene held in memory as a ``(bands, H, W)`` array; non-finite values are nodata.
 
-    A pixel is valid where every band is finite (and ``valid``, when given, is True).
+    Which pixels are valid, and what a band without data is fed as: :func:`fill_nodata`
+    (``fill``: None, valid only where every band is finite; else each band's mean value).
+    ``valid``, when given, also marks pixels as nodata.
     """
 
-    def __init__(self, pixels: np.ndarray, grid: Grid, valid: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        pixels: np.ndarray,
+        grid: Grid,
+        valid: np.ndarray | None = None,
+        fill: Sequence[float] | None = None,
+    ) -> None:
         if pixels.ndim != 3:
             raise GeocamError(f"pixels have shape {pixels.shape}; expected (bands, height, width)")
         if valid is not None and valid.shape != pixels.shape[1:]:
             raise GeocamError(f"valid mask {valid.shape} does not match pixels {pixels.shape[1:]}")
         self.pixels = pixels
         self.valid = valid
+        self.fill = fill
         self.grid = grid
         self.count = pixels.shape[0]
 
@@ -90,7 +142,7 @@ class ArraySource:
         """The window's pixels as float32 and its validity."""
         rows, cols = window.toslices()
         data = np.asarray(self.pixels[:, rows, cols], dtype=np.float32)
-        valid = np.asarray(np.isfinite(data).all(axis=0))
+        data, valid = fill_nodata(data, np.isfinite(data), (self.count,), self.fill)
         if self.valid is not None:
             valid &= np.asarray(self.valid[rows, cols], dtype=bool)
         return data, valid
@@ -106,9 +158,10 @@ class RasterSource:
 
     What is nodata, raster by raster: ``nodata`` when given (it overrides the files' own);
     else the file's own nodata value, internal mask or alpha band; else ``fallback_nodata``
-    (a preset's value, for files that declare none). A pixel is valid only where every
-    selected band of every raster is valid and finite: nodata in one band keeps the whole
-    pixel from the network.
+    (a preset's value, for files that declare none). Non-finite values are nodata too.
+    Which pixels are valid, and what a band without data is fed as: :func:`fill_nodata`
+    (``fill`` None: valid only where every band has data; else valid where every raster has
+    data in some band, the others fed as their mean).
     """
 
     def __init__(
@@ -117,6 +170,7 @@ class RasterSource:
         bands: Sequence[Sequence[int]] = (),
         nodata: float | None = None,
         fallback_nodata: float | None = None,
+        fill: Sequence[float] | None = None,
     ) -> None:
         if not paths:
             raise GeocamError("give at least one source raster")
@@ -128,6 +182,7 @@ class RasterSource:
         self.paths = [Path(p) for p in paths]
         self.nodata = nodata
         self.fallback_nodata = fallback_nodata
+        self.fill = fill
         self._datasets: list[DatasetReader | WarpedVRT] = []
         self._opened: list[DatasetReader] = []
         try:
@@ -235,7 +290,7 @@ class RasterSource:
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """The window's selected bands, stacked, as float32, and where they are valid."""
         stacks: list[np.ndarray] = []
-        valid = np.ones((int(window.height), int(window.width)), dtype=bool)
+        masks: list[np.ndarray] = []
         rasters = zip(self.paths, self._datasets, self.bands, self._values, strict=True)
         for path, dataset, bands, nodata in rasters:
             try:
@@ -251,11 +306,10 @@ class RasterSource:
                     f"{path}: cannot read rows {rows} ({first_line(exc.__cause__ or exc)}); "
                     "the file is truncated or damaged: re-create or re-download it"
                 ) from None
-            valid &= band_valid.all(axis=0)  # nodata in one band: the pixel is nodata
             stacks.append(data)
-        pixels = np.concatenate(stacks, axis=0)
-        valid &= np.isfinite(pixels).all(axis=0)
-        return pixels, valid
+            masks.append(band_valid)
+        groups = [len(b) for b in self.bands]
+        return fill_nodata(np.concatenate(stacks), np.concatenate(masks), groups, self.fill)
 
     def close(self) -> None:
         """Close every dataset this source opened."""

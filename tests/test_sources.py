@@ -24,7 +24,7 @@ from torch import nn
 from geocam import ModelSpec, Normalisation, build_model
 from geocam.raster import explain_raster, explain_xarray
 from geocam.scene import Explanation, Runtime, Tiling
-from geocam.sources import ArraySource, Grid, RasterSource, same_grid
+from geocam.sources import ArraySource, Grid, RasterSource, fill_nodata, same_grid
 
 UTM = "EPSG:32618"
 UTM_ORIGIN = from_origin(600_000.0, 4_500_000.0, 10.0, 10.0)
@@ -105,6 +105,42 @@ def test_an_array_source_needs_every_band_finite() -> None:
     grid = Grid(CRS.from_string(UTM), UTM_ORIGIN, 8, 8)
     _, valid = ArraySource(pixels, grid).read(Window(0, 0, 8, 8))
     assert not valid[patch()].any() and valid[~patch()].all()
+
+
+def test_with_a_fill_a_band_without_data_is_fed_as_its_mean(tmp_path: Path) -> None:
+    pixels = ramp(3)
+    pixels[1, patch()] = SENTINEL
+    path = write(tmp_path / "scene.tif", pixels, nodata=float(SENTINEL))
+    with RasterSource([path], fill=(-1.0, -2.0, -3.0)) as source:
+        data, valid = read_all(source)
+    assert valid.all()  # the patch has data in two bands: it stays
+    expected = pixels.copy()
+    expected[1, patch()] = -2.0  # the fill, never the sentinel
+    np.testing.assert_array_equal(data, expected)
+
+
+def test_with_a_fill_a_pixel_needs_data_from_every_raster(tmp_path: Path) -> None:
+    second = ramp(2)
+    second[:, patch()] = 0  # every band of the second raster
+    first = write(tmp_path / "a.tif", ramp(1))
+    other = write(tmp_path / "b.tif", second, nodata=0)
+    with RasterSource([first, other], fill=(7.0, 8.0, 9.0)) as source:
+        data, valid = read_all(source)
+    assert not valid[patch()].any() and valid[~patch()].all()
+    np.testing.assert_array_equal(data[1:, ~patch()], second[:, ~patch()])
+
+
+def test_fill_nodata_by_hand() -> None:
+    pixels = np.array([[[1.0, np.nan, 3.0]], [[4.0, 5.0, -9.0]], [[7.0, 8.0, -9.0]]])
+    band_valid = np.array([[[True, True, True]], [[True, True, False]], [[True, True, False]]])
+    # strict: every band; groups (1, 2): each raster needs data in one of its bands
+    assert fill_nodata(pixels, band_valid, (1, 2), None)[1].tolist() == [[True, False, False]]
+    filled, valid = fill_nodata(pixels.astype(np.float32), band_valid, (1, 2), (0.5, 6, 6))
+    assert valid.tolist() == [[True, False, False]]  # column 2: the second raster has none
+    assert filled[:, 0, 0].tolist() == [1, 4, 7]
+    filled, valid = fill_nodata(pixels.astype(np.float32), band_valid, (3,), (0.5, 6, 6))
+    assert valid.tolist() == [[True, True, True]]  # one raster: a band with data is enough
+    assert filled[:, 0, 1].tolist() == [0.5, 5, 8] and filled[:, 0, 2].tolist() == [3, 6, 6]
 
 
 # --- defect 7: an explicit nodata > the file's own nodata or masks > the preset's ----------
@@ -259,7 +295,7 @@ def heat(paths: list[Path], out: Path, model: nn.Module, **kwargs: Any) -> np.nd
     return band
 
 
-def test_a_sentinel_in_one_band_gets_no_heat_and_moves_no_maximum(
+def test_a_sentinel_in_one_band_never_reaches_the_network(
     tmp_path: Path, tiny_model: nn.Module
 ) -> None:
     where = np.zeros((64, 64), dtype=bool)
@@ -270,15 +306,16 @@ def test_a_sentinel_in_one_band_gets_no_heat_and_moves_no_maximum(
     dirty = write(tmp_path / "dirty.tif", pixels, nodata=float(SENTINEL))
     reference = heat([clean], tmp_path / "clean_heat.tif", tiny_model)
     result = heat([dirty], tmp_path / "dirty_heat.tif", tiny_model)
-    assert np.isnan(result[where]).all()
-    assert np.isfinite(result[~where]).all()
-    # fed as data, the sentinel takes the maximum to ~1e36; kept out, four of 4096 pixels
-    # (set to the normalised mean) move it by a few percent, nowhere near a factor of 2
+    assert np.isfinite(result).all()  # the patch keeps its other two bands: it has heat
+    # fed as data, the sentinel takes the maximum to ~1e36; fed as the band's mean, one band
+    # of four of 4096 pixels moves it by a few percent, nowhere near a factor of 2
     assert np.nanmax(reference) > 0
     assert 0.5 < np.nanmax(result) / np.nanmax(reference) < 2
 
 
-def test_a_sentinel_in_one_band_of_a_dataarray_gets_no_heat(tiny_model: nn.Module) -> None:
+def test_a_sentinel_in_one_band_of_a_dataarray_never_reaches_the_network(
+    tiny_model: nn.Module,
+) -> None:
     import rioxarray  # noqa: F401  (the .rio accessor)
     import xarray as xr
 
@@ -297,7 +334,7 @@ def test_a_sentinel_in_one_band_of_a_dataarray_gets_no_heat(tiny_model: nn.Modul
         )  # fmt: skip
         maps.append(result.values[0].astype(np.float64))
     reference, positive = maps
-    assert np.isnan(positive[where]).all() and np.isfinite(positive[~where]).all()
+    assert np.isfinite(positive).all()
     assert np.nanmax(reference) > 0
     assert 0.5 < np.nanmax(positive) / np.nanmax(reference) < 2
 
