@@ -7,6 +7,7 @@ median of the per-round ratios, which cancels drift that a ratio of medians woul
 
     python benchmarks/run.py                 # every group
     python benchmarks/run.py core --quick    # one group on small tiles (a smoke test)
+    python benchmarks/run.py nodata          # peak memory, mostly nodata vs valid (minutes)
 
 Groups register themselves with :func:`register` and return :class:`Row` objects.
 """
@@ -18,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 import core  # noqa: F401  (registers its group)
+import nodata  # noqa: F401
 import scene  # noqa: F401
 from common import GROUPS, Row, Settings, header, table
 
