@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,19 @@ def unet() -> nn.Module:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.rand(2, 4, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def deterministic() -> Iterator[None]:
+    """Bitwise claims need the same bits from the same computation.
+
+    They hold by construction: one process (one thread count), and a resumed run feeds the
+    network the same tiles in the same batches as an uninterrupted one, so every kernel sees
+    the same shapes and inputs (float32 kernels may round differently with the batch size;
+    the batches never differ here). Deterministic algorithms make torch refuse, rather than
+    silently use, any operation without a run-to-run reproducible implementation.
+    """
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)

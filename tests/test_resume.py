@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +27,7 @@ SPEC = ModelSpec(
 )
 
 
-@pytest.fixture(autouse=True)
-def deterministic() -> Iterator[None]:
-    """Bitwise claims need the same bits from the same computation.
-
-    They hold by construction: one process (one thread count), and a resumed run feeds the
-    network the same tiles in the same batches as an uninterrupted one, so every kernel sees
-    the same shapes and inputs (float32 kernels may round differently with the batch size;
-    the batches never differ here). Deterministic algorithms make torch refuse, rather than
-    silently use, any operation without a run-to-run reproducible implementation.
-    """
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(before)
+pytestmark = pytest.mark.usefixtures("deterministic")  # see conftest.deterministic
 
 
 @pytest.fixture(scope="module")

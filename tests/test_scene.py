@@ -334,6 +334,7 @@ def test_tall_scene_streams_in_strips(method: str) -> None:
     assert np.isfinite(maps["probabilities"]).all()
 
 
+@pytest.mark.usefixtures("deterministic")
 def test_cached_and_recomputed_pass_two_agree() -> None:
     # bitwise: one process, the same tiles in the same batches through the same kernels; only
     # where pass 2's activations come from differs (pass 1's cache, or a new forward pass)

@@ -280,14 +280,22 @@ class _Scene:
                 self._flush(tile, heat, *(acc for _, acc in extras))
                 bar.update()
 
-    def _tile_maps(self, tiles: Sequence[Tile]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        images, valid, region = self._batch(tiles, core=False)
+    def _gradients(self, tiles: Sequence[Tile], *, core: bool) -> LayerGradients:
+        """One forward and backward for a batch (the region restricted to the cores with ``core``).
+
+        Region pixels are counted in the cores, so each scene pixel counts once.
+        """
+        images, valid, region = self._batch(tiles, core=core)
         grads = layer_gradients(
             self.model, images, self.classes, self.layer,
             region=region, valid=valid, options=self.options,
         )  # fmt: skip
         self._check_output(images, grads.output)
         self._count_region(tiles, grads.region)
+        return grads
+
+    def _tile_maps(self, tiles: Sequence[Tile]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        grads = self._gradients(tiles, core=False)
         signed = combine(self.explanation.method, grads.activations, grads.gradients)
         return list(zip(signed, grads.output, strict=True))
 
@@ -366,14 +374,7 @@ class _Scene:
         Grad-CAM scores each tile's core region, Grad-CAM++ its whole region (see
         :mod:`geocam.scene.passes`).
         """
-        images, valid, region = self._batch(tiles, core=self.explanation.method == "gradcam")
-        grads = layer_gradients(
-            self.model, images, self.classes, self.layer,
-            region=region, valid=valid, options=self.options,
-        )  # fmt: skip
-        self._check_output(images, grads.output)
-        self._count_region(tiles, grads.region)
-        return grads
+        return self._gradients(tiles, core=self.explanation.method == "gradcam")
 
     def _tile_gradients(
         self, tiles: Sequence[Tile]
