@@ -140,7 +140,7 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path())  # /vsizip//... kept
 @click.option(
     "--config", "-c", required=True, type=click.Path(path_type=Path), help="Model preset (YAML)."
 )
@@ -236,7 +236,7 @@ def cli(debug: bool) -> None:
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option("--verbose", "-v", is_flag=True, help="Progress bar even when not on a terminal.")
-def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], out: Path,
+def explain(sources: tuple[str, ...], config: Path, classes: tuple[str, ...], out: Path,
             region: str, where: str | None, method: str | None, layer: str | None,
             tile: int | None, overlap: int | None, batch_size: int, device: str,
             precision: str, weights: str, resolution: str, score: str,
@@ -272,7 +272,8 @@ def explain(sources: tuple[Path, ...], config: Path, classes: tuple[str, ...], o
         raise GeocamError("--class: a class is named twice; name each class once")
     if hotspots:
         threshold_percentile(hotspot_threshold)  # a bad rule fails now, not after the run
-    source, rgb = sources[0], tuple(preset.rgb or (1, 2, 3))
+    source: str | Path = sources[0]
+    rgb = tuple(preset.rgb or (1, 2, 3))
     if quicklook:  # checked before the run; without bands the network reads every band
         every = (tuple(range(1, preset.spec.in_channels + 1)),)
         source, rgb = composite_source(sources, preset.spec.bands or every, rgb)

@@ -315,7 +315,7 @@ def area_m2(polygons: Sequence[Mapping[str, Any]], crs: CRS) -> list[float]:
 
 def write_quicklook(
     heatmap_path: Path,
-    source: Path,
+    source: str | Path,
     out: Path,
     *,
     rgb: Sequence[int] = (1, 2, 3),
@@ -410,7 +410,7 @@ def gis_paths(heatmap: Path, options: GisOptions) -> dict[str, Path]:
 
 def write_gis_products(
     heatmap: Path,
-    source: Path,
+    source: str | Path,
     options: GisOptions,
     *,
     rgb: Sequence[int] = (1, 2, 3),
@@ -450,8 +450,8 @@ def write_gis_products(
 
 
 def composite_source(
-    sources: Sequence[Path], bands: Sequence[Sequence[int]], rgb: Sequence[int]
-) -> tuple[Path, tuple[int, ...]]:
+    sources: Sequence[str | Path], bands: Sequence[Sequence[int]], rgb: Sequence[int]
+) -> tuple[str | Path, tuple[int, ...]]:
     """The raster and its bands that show ``rgb``, given as 1-based network input bands.
 
     ``bands`` is the model's selection per raster (empty: every band of the first raster), so

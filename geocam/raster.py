@@ -171,7 +171,7 @@ def _explain_into(
     fill = mean_fill(spec.normalisation, spec.in_channels)  # what a band without data reads
     with (
         rasterio.Env(GDAL_CACHEMAX=runtime.gdal_cache_mb),
-        RasterSource(source_paths, spec.bands, nodata, fallback_nodata, fill) as source,
+        RasterSource(_as_list(sources), spec.bands, nodata, fallback_nodata, fill) as source,
     ):
         fingerprint = {
             "sources": identities(source_paths),

@@ -6,6 +6,7 @@ Tiles are read ahead in a background thread, so reading overlaps with the networ
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import warnings
@@ -24,7 +25,7 @@ from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geocam.errors import GeocamError, first_line
+from geocam.errors import GeocamError, GeocamWarning, first_line
 
 T = TypeVar("T")
 
@@ -186,7 +187,7 @@ class RasterSource:
         self._datasets: list[DatasetReader | WarpedVRT] = []
         self._opened: list[DatasetReader] = []
         try:
-            opened = [self._open(path) for path in self.paths]
+            opened = [self._open(Path(p), os.fspath(p)) for p in paths]
             first = opened[0]
             self.grid = Grid(first.crs, first.transform, first.width, first.height)
             self.bands = [
@@ -206,6 +207,28 @@ class RasterSource:
             self.close()
             raise
         self.count = sum(len(b) for b in self.bands)
+        self._warn_scaled_bands(opened)
+
+    def _warn_scaled_bands(self, datasets: Sequence[DatasetReader]) -> None:
+        """Band scale/offset metadata is not applied: say so once, naming the bands.
+
+        geocam feeds the stored values, as rasterio reads them and as training pipelines
+        usually did; a preset's normalisation must expect those values.
+        """
+        for path, dataset, bands in zip(self.paths, datasets, self.bands, strict=True):
+            scaled = [
+                b for b in bands if dataset.scales[b - 1] != 1 or dataset.offsets[b - 1] != 0
+            ]
+            if scaled:
+                b = scaled[0]
+                warnings.warn(
+                    f"{path}: band(s) {scaled} carry scale/offset metadata (band {b}: scale "
+                    f"{dataset.scales[b - 1]:g}, offset {dataset.offsets[b - 1]:g}) that geocam "
+                    "does not apply: the network gets the stored values, so the preset's "
+                    "normalisation must expect them",
+                    GeocamWarning,
+                    stacklevel=3,
+                )
 
     def _nodata_value(self, dataset: DatasetReader, bands: tuple[int, ...]) -> float | None:
         """The value that marks nodata in ``dataset``; None where its own masks say."""
@@ -216,13 +239,18 @@ class RasterSource:
             return None  # the file declares nodata, a mask or an alpha band
         return self.fallback_nodata
 
-    def _open(self, path: Path) -> DatasetReader:
-        if not path.exists():
+    def _open(self, path: Path, location: str) -> DatasetReader:
+        """Open one raster.
+
+        ``location`` is the path as given: ``/vsizip//tmp/...`` keeps its double slash, which
+        a :class:`Path` would fold.
+        """
+        if not is_gdal_virtual(location) and not path.exists():
             raise GeocamError(f"{path}: no such file; check the path")
         try:
             with warnings.catch_warnings():  # a missing geotransform is reported below
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                dataset = rasterio.open(path)
+                dataset = rasterio.open(location)
         except RasterioIOError as exc:
             detail = first_line(exc).replace(f"'{path}' ", "").removeprefix(f"{path.name}: ")
             raise GeocamError(
@@ -231,6 +259,14 @@ class RasterSource:
             ) from None
         self._opened.append(dataset)
         no_transform = dataset.transform == Affine.identity()
+        gcps, gcp_crs = dataset.gcps
+        if no_transform and gcps:
+            target = f" -t_srs {gcp_crs.to_string()}" if gcp_crs else ""
+            raise GeocamError(
+                f"{path}: the raster is georeferenced by {len(gcps)} ground control points, not "
+                f"a grid; warp it onto one first, which uses them (gdalwarp{target} -r bilinear "
+                f"{path.name} warped.tif)"
+            )
         if dataset.crs is None and no_transform:
             raise GeocamError(
                 f"{path}: the raster has no CRS and no geotransform; georeference it "
@@ -322,6 +358,11 @@ class RasterSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def is_gdal_virtual(path: str | Path) -> bool:
+    """Whether ``path`` names a GDAL virtual file (``/vsizip/...``, ``/vsicurl/...``)."""
+    return str(path).startswith("/vsi")
 
 
 def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:

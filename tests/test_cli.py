@@ -301,3 +301,25 @@ def test_tiles_meeting_at_a_hard_cut_warn_in_one_line(shared_data: Path, tmp_pat
         "tiles meet at a hard cut; use an overlap of at least 16\n"
     )
     assert warning in output and output.count("warning") == 1
+
+
+def test_a_raster_inside_a_zip_through_a_gdal_virtual_path(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    import zipfile
+
+    archive = tmp_path / "andros.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.write(shared_data / ANDROS, "RGB.byte.tif")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_RGB)
+    out = tmp_path / "zipped.tif"
+    exit_code, output = invoke(
+        "explain", f"/vsizip/{archive}/RGB.byte.tif", "-c", str(config), "--class", "sea",
+        "--region", "all", "--method", "hirescam", "--quicklook", "-o", str(out), "-q",
+    )  # fmt: skip
+    assert exit_code == 0, output
+    with rasterio.open(shared_data / ANDROS) as src, rasterio.open(out) as heat:
+        assert heat.crs == src.crs and heat.transform == src.transform
+        assert np.isfinite(heat.read(1)[src.dataset_mask() > 0]).all()
+    assert (tmp_path / "zipped.png").is_file()

@@ -21,7 +21,8 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 from torch import nn
 
-from geocam import ModelSpec, Normalisation, build_model
+from geocam import GeocamError, ModelSpec, Normalisation, build_model
+from geocam.errors import GeocamWarning
 from geocam.raster import explain_raster, explain_xarray
 from geocam.scene import Explanation, Runtime, Tiling
 from geocam.sources import ArraySource, Grid, RasterSource, fill_nodata, same_grid
@@ -355,3 +356,47 @@ def test_the_east_of_a_half_width_stacked_raster_gets_no_heat(
         result = dataset.read(1)
     assert np.isfinite(result[:, :32]).all()
     assert np.isnan(result[:, 32:]).all()
+
+
+def test_a_gdal_virtual_path_is_read(tmp_path: Path) -> None:
+    import zipfile
+
+    pixels = ramp(3)
+    write(tmp_path / "scene.tif", pixels)
+    with zipfile.ZipFile(tmp_path / "scene.zip", "w") as archive:
+        archive.write(tmp_path / "scene.tif", "inner/scene.tif")
+    with RasterSource([f"/vsizip/{tmp_path / 'scene.zip'}/inner/scene.tif"]) as source:
+        values, valid = read_all(source)
+    np.testing.assert_array_equal(values, pixels)
+    assert valid.all()
+    with pytest.raises(GeocamError, match="not a readable raster"):  # GDAL's own reason
+        RasterSource([f"/vsizip/{tmp_path / 'scene.zip'}/inner/missing.tif"])
+
+
+def test_a_gcp_raster_is_told_to_warp_onto_a_grid(tmp_path: Path) -> None:
+    from rasterio.control import GroundControlPoint
+
+    path = tmp_path / "gcps.tif"
+    gcps = [
+        GroundControlPoint(row=r, col=c, x=600_000.0 + 10 * c, y=4_500_000.0 - 10 * r)
+        for r, c in ((0, 0), (0, 8), (8, 0), (8, 8))
+    ]
+    with rasterio.open(
+        path, "w", driver="GTiff", width=8, height=8, count=3, dtype="float32",
+        gcps=gcps, crs=UTM,
+    ) as dst:  # fmt: skip
+        dst.write(ramp(3))
+    with pytest.raises(GeocamError, match=r"4 ground control points.*gdalwarp -t_srs EPSG:32618"):
+        RasterSource([path])
+
+
+def test_band_scale_and_offset_are_reported_not_applied(tmp_path: Path) -> None:
+    path = write(tmp_path / "scaled.tif", ramp(3))
+    with rasterio.open(path, "r+") as dst:
+        dst.scales = (1.0, 1e-4, 1.0)
+        dst.offsets = (0.0, -0.1, 0.0)
+    with pytest.warns(GeocamWarning, match=r"band\(s\) \[2\].*scale 0.0001, offset -0.1"):
+        source = RasterSource([path])
+    with source:
+        values, _ = read_all(source)
+    np.testing.assert_array_equal(values, ramp(3))  # the stored values
