@@ -25,7 +25,7 @@ from torch import nn
 
 from geocam._guard import explanation_mode
 from geocam.errors import GeocamError
-from geocam.layers import resolve_layer
+from geocam.layers import classify, fixed_tile, from_nchw, layer_info, resolve_layer, to_nchw
 from geocam.regions import Activation, Region, class_probabilities, region_weights, select_classes
 
 Method: TypeAlias = Literal["gradcam", "hirescam", "gradcam++", "layercam"]
@@ -271,37 +271,63 @@ def _forward(
     if opts.channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
     target = resolve_layer(model, layer)
+    height, width = int(batch.shape[-2]), int(batch.shape[-1])
+    info = layer_info(model, layer, int(batch.shape[1]))
     captured: list[torch.Tensor] = []
 
     def capture(_: nn.Module, __: object, output: object) -> torch.Tensor | None:
-        if not isinstance(output, torch.Tensor) or output.ndim != 4:
-            kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+        facts = classify(shape, height, width) if shape else None
+        layout = info.layout if info is not None else (facts[0] if facts else None)
+        if layout is None and len(shape) == 4:
+            layout = "NCHW"  # e.g. a 1 x 1 map of a tiny tile: as the network gives it
+        if not isinstance(output, torch.Tensor) or layout is None:
+            kind = shape or type(output)
             raise GeocamError(
-                f"layer {layer!r} outputs {kind}, not a (B, C, H, W) feature map; "
-                "choose a convolutional layer (see geocam.list_layers)"
+                f"layer {layer!r} outputs {kind}, not a (B, C, H, W) feature map (nor (B, H, W, C) "
+                "or tokens (B, N, C)); choose another layer (see geocam.list_layers)"
             )
         if captured:
             raise GeocamError(
                 f"layer {layer!r} runs more than once per forward pass; "
                 "choose a layer that runs once"
             )
+        maps = to_nchw(output, layout, height, width)
         if not track:
-            captured.append(output)
+            captured.append(maps)
             return None
-        leaf = output.detach().requires_grad_(True)
+        leaf = maps.detach().requires_grad_(True)
         captured.append(leaf)
-        return leaf.clone()  # downstream in-place ops must not alter the captured activation
+        # downstream in-place ops must not alter the captured activation; the network gets its
+        # own layout back, and the gradients flow through the re-layout to the leaf
+        return from_nchw(leaf, layout, output).clone()
 
     handle = target.register_forward_hook(capture)
     grad_mode = torch.enable_grad() if track else torch.no_grad()
     try:
         with explanation_mode(model), grad_mode, _autocast(device, opts.autocast):
-            output = _main_output(model(batch))
+            output = _main_output(_run(model, batch))
             if not captured:
                 raise GeocamError(f"layer {layer!r} did not run in the forward pass")
             yield batch, captured[0], output.to(dtype)
     finally:
         handle.remove()
+
+
+def _run(model: nn.Module, batch: torch.Tensor) -> object:
+    """The forward pass; a network that takes one fixed tile size says so in one line."""
+    try:
+        return model(batch)
+    except GeocamError:
+        raise
+    except Exception as exc:
+        fixed = fixed_tile(model)
+        if fixed is None or batch.shape[-2:] == (fixed, fixed):
+            raise
+        raise GeocamError(
+            f"this network takes {fixed} x {fixed} tiles, not {batch.shape[-2]} x "
+            f"{batch.shape[-1]} ({type(exc).__name__}): use --tile {fixed}"
+        ) from None
 
 
 def class_table(classes: Classes, batch: int, device: torch.device) -> torch.Tensor:
@@ -335,11 +361,26 @@ def _as_images(
 
 
 def _main_output(output: object) -> torch.Tensor:
-    """The logits of networks returning a tensor, a tuple (smp with aux head) or {'out': ...}."""
-    if isinstance(output, dict) and "out" in output:
-        output = output["out"]
+    """The logits of a network's output.
+
+    A tensor; a tuple or list (smp with an aux head: the first); a dict under ``out``
+    (torchvision), ``logits`` (transformers' dicts), else its first 4-D tensor value; an
+    object with a ``.logits`` tensor (transformers' ``ModelOutput``).
+    """
+    if isinstance(output, dict):
+        key = next((k for k in ("out", "logits") if isinstance(output.get(k), torch.Tensor)), None)
+        if key is None:
+            key = next(
+                (k for k, v in output.items() if isinstance(v, torch.Tensor) and v.ndim == 4), None
+            )
+        if key is not None:
+            output = output[key]
     elif isinstance(output, tuple | list) and output:
         output = output[0]
+    elif not isinstance(output, torch.Tensor) and isinstance(
+        getattr(output, "logits", None), torch.Tensor
+    ):
+        output = output.logits  # type: ignore[attr-defined]
     if not isinstance(output, torch.Tensor) or output.ndim not in (2, 4):
         kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise GeocamError(f"the network's output is {kind}; expected logits (B, C, H, W) or (B, C)")

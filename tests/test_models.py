@@ -63,7 +63,7 @@ def test_plugins_register_through_entry_points(monkeypatch: pytest.MonkeyPatch) 
         EntryPoint("tiny", "test_models:tiny_factory", "geocam.models"),
         EntryPoint("broken", "no_such_module:factory", "geocam.models"),
     ]
-    monkeypatch.setattr(geocam.models, "entry_points", lambda group: fake)
+    monkeypatch.setattr(geocam.models.factories, "entry_points", lambda group: fake)
     with pytest.warns(UserWarning, match="'broken'.*failed to load"):
         factories = model_factories()
     assert set(factories) == {"smp", "tiny"}
