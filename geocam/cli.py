@@ -139,11 +139,21 @@ def cli(debug: bool) -> None:
     """Explain segmentation networks on GeoTIFF scenes with Grad-CAM."""
 
 
+MODEL_HELP = (
+    "The model: an ONNX file, an smp hub folder, a Lightning/TorchGeo checkpoint, "
+    "torchvision:NAME or a state dict (with -c naming the network) [default: the preset's]."
+)
+
+
 @cli.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path())  # /vsizip//... kept
 @click.option(
-    "--config", "-c", required=True, type=click.Path(path_type=Path), help="Model preset (YAML)."
+    "--config",
+    "-c",
+    type=click.Path(path_type=Path),
+    help="Model preset (YAML) [optional when -m defines the network].",
 )
+@click.option("--model", "-m", "model_source", help=MODEL_HELP)
 @click.option(
     "--class",
     "classes",
@@ -236,7 +246,8 @@ def cli(debug: bool) -> None:
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option("--verbose", "-v", is_flag=True, help="Progress bar even when not on a terminal.")
-def explain(sources: tuple[str, ...], config: Path, classes: tuple[str, ...], out: Path,
+def explain(sources: tuple[str, ...], config: Path | None, model_source: str | None,
+            classes: tuple[str, ...], out: Path,
             region: str, where: str | None, method: str | None, layer: str | None,
             tile: int | None, overlap: int | None, batch_size: int, device: str,
             precision: str, weights: str, resolution: str, score: str,
@@ -246,7 +257,7 @@ def explain(sources: tuple[str, ...], config: Path, classes: tuple[str, ...], ou
             overwrite: bool, resume: bool,
             quiet: bool, verbose: bool) -> None:  # fmt: skip
     """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
-    from geocam.config import load_config
+    from geocam.config import open_preset
     from geocam.errors import GeocamError
     from geocam.output import Destination
     from geocam.products import (
@@ -263,7 +274,7 @@ def explain(sources: tuple[str, ...], config: Path, classes: tuple[str, ...], ou
     if out.is_dir():
         raise GeocamError(f"--out {out} is a folder; give a file name, e.g. {out / 'heatmap.tif'}")
     out = out if out.suffix else out.with_suffix(".tif")  # where the heatmap goes
-    preset = load_config(config)
+    preset, model = open_preset(config, model_source)
     gis = GisOptions(qml, overlay, quicklook, hotspots, hotspot_threshold, hotspot_format)
     if where is not None and not region.startswith("vector:"):
         raise GeocamError(f"--where {where}: filters a vector region; add --region vector:PATH")
@@ -295,7 +306,9 @@ def explain(sources: tuple[str, ...], config: Path, classes: tuple[str, ...], ou
         cog=cog,
         overwrite=overwrite,
     )
-    inputs = [*run_inputs(list(sources), preset.spec, explanation), ("config", config)]
+    inputs = run_inputs(list(sources), preset.spec, explanation)
+    inputs += [("config", config)] if config is not None else []
+    inputs += [("model", Path(m.location)) for m in [model] if m and Path(m.location).is_file()]
     outputs = product_paths(out, products) | gis_paths(out, gis)
     with Destination(outputs, inputs=inputs, overwrite=overwrite) as destination:
         report = explain_raster(
@@ -318,6 +331,8 @@ def explain(sources: tuple[str, ...], config: Path, classes: tuple[str, ...], ou
             fallback_nodata=preset.nodata,
             resume=resume,
             destination=destination,
+            model=model.model if model is not None else None,
+            provenance=model.tags() if model is not None else None,
         )
         classes_map = report.outputs.get("classes")
         outline = region_outline(
@@ -345,22 +360,57 @@ def explain(sources: tuple[str, ...], config: Path, classes: tuple[str, ...], ou
 
 
 @cli.command()
-@click.option("--config", "-c", required=True, type=click.Path(path_type=Path))
-def layers(config: Path) -> None:
-    """List candidate target layers: name, type, channels, stride."""
-    from geocam.config import load_config
+@click.option("--config", "-c", type=click.Path(path_type=Path), help="Model preset (YAML).")
+@click.option("--model", "-m", "model_source", help=MODEL_HELP)
+@click.option("--all", "show_all", is_flag=True, help="Also list converted graphs' helpers.")
+def layers(config: Path | None, model_source: str | None, show_all: bool) -> None:
+    """List candidate target layers: name, type, layout, channels, stride."""
+    from geocam.config import open_preset
     from geocam.layers import default_layer, list_layers
     from geocam.models import build_model
 
-    preset = load_config(config)
-    model = build_model(preset.spec)
+    preset, source = open_preset(config, model_source)
+    model = source.model if source is not None else build_model(preset.spec)
     default = preset.spec.layer or default_layer(model, preset.spec.in_channels)
-    click.echo(f"{'layer':<48} {'type':<20} {'channels':>8} {'stride':>6}")
+    click.echo(f"{'layer':<48} {'type':<20} {'layout':<10} {'channels':>8} {'stride':>6}")
     for info in list_layers(model, preset.spec.in_channels):
-        if info.calls == 1:
+        if info.calls == 1 and (show_all or not info.helper):
             mark = "  <- default" if info.name == default else ""
             stride = f"{info.stride:g}"
-            click.echo(f"{info.name:<48} {info.kind:<20} {info.channels:>8} {stride:>6}{mark}")
+            click.echo(
+                f"{info.name:<48} {info.kind:<20} {info.layout:<10} {info.channels:>8} "
+                f"{stride:>6}{mark}"
+            )
+
+
+@cli.command()
+@click.option("--model", "-m", "model_source", required=True, help=MODEL_HELP)
+@click.option(
+    "--sidecar",
+    type=click.Path(path_type=Path),
+    help="JSON with mean/std, classes, bands (e.g. ukis-csmask's).",
+)
+@click.option(
+    "--out", "-o", required=True, type=click.Path(path_type=Path), help="Preset to write."
+)
+@click.option("--verify", is_flag=True, help="ONNX: print the max difference to onnxruntime.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing preset.")
+def init(model_source: str, sidecar: Path | None, out: Path, verify: bool, overwrite: bool) -> None:
+    """Write a starter preset for a model: what it knows filled in, the rest marked FILL IN."""
+    from geocam.config import starter_preset
+    from geocam.errors import GeocamError
+    from geocam.models import open_model
+
+    if out.exists() and not overwrite:
+        raise GeocamError(f"--out {out} exists; pass --overwrite to replace it")
+    source = open_model(model_source)
+    text = starter_preset(source, sidecar, out)
+    if verify:
+        from geocam.models.onnx import verify_onnx
+
+        click.echo(verify_onnx(source))
+    out.write_text(text, encoding="utf-8")
+    click.echo(f"preset: {out} (edit the lines marked FILL IN)")
 
 
 @cli.command()

@@ -4,8 +4,10 @@ Schema (``?`` marks optional fields)::
 
     name: landcover-raleigh              # ? defaults to the file name
     description: one line                # ?
-    arch: Unet                           # smp architecture (or the plugin's own)
-    encoder: resnet18
+    model: task.ckpt                     # ? a model source (relative to this file): ONNX, smp hub
+                                         #   folder, Lightning/TorchGeo checkpoint, torchvision:NAME
+    arch: Unet                           # smp architecture (or the plugin's own); ? with model
+    encoder: resnet18                    # ? with model
     in_channels: 6
     classes: [developed, forest, ...]    # one name per output channel
     bands: [[1, 2, 3, 4, 5, 6]]          # ? 1-based bands per input raster (default: all)
@@ -27,11 +29,13 @@ Loading never executes code from the file (``yaml.safe_load``).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -39,8 +43,11 @@ from geocam.cam import METHODS
 from geocam.errors import GeocamError
 from geocam.models import ModelSpec, Normalisation
 
+if TYPE_CHECKING:
+    from geocam.models import ModelSource
+
 _KNOWN = {
-    "name", "description", "arch", "encoder", "in_channels", "classes", "bands",
+    "model", "name", "description", "arch", "encoder", "in_channels", "classes", "bands",
     "normalisation", "nodata", "checkpoint", "factory", "layer", "method", "tile", "overlap",
     "rgb", "options", "metrics", "training",
 }  # fmt: skip
@@ -60,6 +67,8 @@ class Preset:
     overlap: int = 128
     rgb: tuple[int, ...] = ()
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    """A model source (:func:`geocam.models.open_model`), resolved relative to the preset."""
 
 
 def load_config(path: str | Path) -> Preset:
@@ -157,7 +166,11 @@ class _Reader:
         if method not in METHODS:
             self.fail("method", f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         normalisation = self.normalisation(in_channels)
-        arch, encoder = self.get("arch", str), self.get("encoder", str)
+        model = self.model()
+        if model is None:
+            arch, encoder = self.get("arch", str), self.get("encoder", str)
+        else:  # the source defines the network
+            arch, encoder = self.get("arch", str, ""), self.get("encoder", str, "")
         layer, factory = self.get("layer", str, None), self.get("factory", str, "smp")
         options = self.get("options", dict, {})
         try:  # only the spec's own checks here: a field's error already names the file
@@ -191,7 +204,18 @@ class _Reader:
             overlap=self.get("overlap", int, 128),
             rgb=tuple(int(b) for b in self.numbers("rgb", self.get("rgb", list, []))),
             metrics=self.get("metrics", dict, {}),
+            model=model,
         )
+
+    def model(self) -> str | None:
+        """The ``model`` source: ``torchvision:NAME`` as is, a path relative to this file."""
+        model: str | None = self.get("model", str, None)
+        if model is None or model.startswith("torchvision:"):
+            return model
+        path = self.path.parent / Path(model).expanduser()
+        if not path.exists():
+            self.fail("model", f"{path} does not exist")
+        return str(path)
 
     def normalisation(self, bands: int) -> Normalisation | None:
         norm = self.get("normalisation", dict, None)
@@ -208,3 +232,115 @@ class _Reader:
             return Normalisation(scale, offset)
         self.fail("normalisation", "expected {mean, std} or {scale, offset}")
         return None
+
+
+def open_preset(
+    config: str | Path | None, model: str | Path | None = None
+) -> tuple[Preset, ModelSource | None]:
+    """The preset to explain with, and the model source it names or ``model`` overrides.
+
+    With a source, the spec joins what the source knows (network, channels, class count) with
+    what only the preset can say (class names, bands, normalisation); without a preset, the
+    rest takes defaults and the user is told, in one line each, what a preset would add.
+    """
+    from geocam.models import open_model
+
+    if config is None and model is None:
+        raise GeocamError("give the model (-m SOURCE) or a preset (-c PRESET), or both")
+    preset = load_config(config) if config is not None else None
+    reference = model if model is not None else (preset.model if preset else None)
+    if reference is None:
+        assert preset is not None
+        return preset, None
+    base = preset.spec if preset is not None else None
+    source = open_model(reference, base)
+    spec = source.spec(base)
+    if preset is None:
+        return Preset(spec=spec, name=Path(str(reference)).stem, path=Path(str(reference))), source
+    return replace(preset, spec=spec, model=str(reference)), source
+
+
+def starter_preset(source: ModelSource, sidecar: str | Path | None, out: Path) -> str:
+    """YAML of a starter preset for ``source``: what it knows filled in, the rest marked.
+
+    ``sidecar`` (a JSON file: ukis-csmask's, or any with ``mean``/``std``, ``classes``,
+    ``bands``) adds normalisation, class names and bands; ONNX files' Deepness metadata is used
+    already. Lines the user must fill in end with ``# FILL IN``.
+    """
+    from geocam.layers import default_layer, fixed_tile
+
+    extra = read_sidecar(Path(sidecar)) if sidecar is not None else {}
+    in_channels = source.in_channels or source.spec(None).in_channels
+    names = extra.get("classes") or source.class_names
+    count = source.classes or (len(names) if names else None)
+    location = source.location
+    if not location.startswith("torchvision:"):
+        location = os.path.relpath(Path(location).resolve(), out.resolve().parent)
+    layer = source.layer or default_layer(source.model, in_channels)
+    lines = [
+        f"# geocam preset written by `geocam init` for {Path(source.location).name}",
+        f"# source: {source.kind}" + (f", sha256 {source.sha256}" if source.sha256 else ""),
+        f"model: {location}",
+    ]
+    if source.arch and source.kind != "onnx":
+        lines.append(f"# network: {source.arch} / {source.encoder}")
+    lines.append(f"in_channels: {in_channels}")
+    if names:
+        lines.append(f"classes: [{', '.join(names)}]")
+    else:
+        placeholder = ", ".join(f"class_{i}" for i in range(count or 1))
+        lines.append(f"classes: [{placeholder}]  # FILL IN: one name per output channel")
+    bands = extra.get("bands")
+    if bands:
+        lines.append(f"bands: [[{', '.join(str(b) for b in bands)}]]")
+    else:
+        lines.append(
+            f"# bands: [[{', '.join(str(i) for i in range(1, in_channels + 1))}]]  "
+            "# FILL IN if the rasters hold other bands or another order"
+        )
+    norm = extra.get("normalisation") or source.normalisation
+    if norm is not None:
+        scale = ", ".join(f"{v:.9g}" for v in norm.scale)
+        offset = ", ".join(f"{v:.9g}" for v in norm.offset)
+        lines.append(f"normalisation: {{scale: [{scale}], offset: [{offset}]}}")
+    else:
+        lines.append(
+            "normalisation: {mean: [" + ", ".join(["0"] * in_channels) + "], std: ["
+            + ", ".join(["1"] * in_channels) + "]}  # FILL IN: the training normalisation"
+        )
+    lines.append(f"layer: {layer}")
+    fixed = fixed_tile(source.model)
+    if fixed is not None:
+        lines += [f"tile: {fixed}  # the network takes only this size", f"overlap: {fixed // 4}"]
+    return "\n".join(lines) + "\n"
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """Normalisation, class names and bands from a JSON sidecar (ukis-csmask style, lenient)."""
+    if not path.is_file():
+        raise GeocamError(f"--sidecar {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GeocamError(f"--sidecar {path}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise GeocamError(f"--sidecar {path}: expected a JSON object")
+    found: dict[str, Any] = {}
+    norm = data.get("normalisation") or data.get("normalization") or data.get("norm") or data
+    if isinstance(norm, dict) and isinstance(norm.get("mean"), list) and isinstance(
+        norm.get("std"), list
+    ):
+        found["normalisation"] = Normalisation.mean_std(norm["mean"], norm["std"])
+    classes = data.get("classes") or data.get("class_names") or data.get("labels")
+    if isinstance(classes, dict):
+        classes = [classes[k] for k in sorted(classes, key=lambda k: int(k))]
+    if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+        found["classes"] = tuple(classes)
+    bands = data.get("bands")
+    if isinstance(bands, list) and all(isinstance(b, int) for b in bands):
+        found["bands"] = bands
+    if not found:
+        raise GeocamError(
+            f"--sidecar {path}: found no mean/std, classes or bands (keys: {', '.join(data)})"
+        )
+    return found

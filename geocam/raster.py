@@ -5,7 +5,7 @@ Thin layers over :func:`geocam.scene.explain_scene` that choose the source and t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,6 +85,7 @@ def explain_raster(
     resume: bool = False,
     destination: Destination | None = None,
     fallback_nodata: float | None = None,
+    provenance: Mapping[str, str] | None = None,
 ) -> SceneReport:
     """Explain one scene (one or more stacked rasters) and write its GeoTIFF products.
 
@@ -101,6 +102,8 @@ def explain_raster(
     removed on success and on errors, and kept when the run is killed or interrupted or a write
     fails (a full disk); with ``resume`` a later run with the same inputs and settings
     continues from it and writes outputs bitwise identical to an uninterrupted run's.
+    ``provenance`` (a model source's :meth:`~geocam.models.ModelSource.tags`: its kind and
+    the SHA-256 of its weights file) is recorded in every output.
     """
     products = products or Products()
     paths = product_paths(out, products)
@@ -110,13 +113,13 @@ def explain_raster(
             raise ValueError(f"the destination does not hold the product(s) {missing}")
         return _explain_into(
             destination, sources, paths, spec, explanation, tiling, runtime, products, nodata,
-            model, resume, fallback_nodata,
+            model, resume, fallback_nodata, provenance,
         )  # fmt: skip
     inputs = run_inputs(sources, spec, explanation)
     with Destination(paths, inputs=inputs, overwrite=products.overwrite) as own:
         report = _explain_into(
             own, sources, paths, spec, explanation, tiling, runtime, products, nodata, model,
-            resume, fallback_nodata,
+            resume, fallback_nodata, provenance,
         )  # fmt: skip
         own.commit()
     return report
@@ -135,6 +138,7 @@ def _explain_into(
     model: nn.Module | None,
     resume: bool,
     fallback_nodata: float | None,
+    provenance: Mapping[str, str] | None = None,
 ) -> SceneReport:
     """:func:`explain_raster`'s work, with the products staged in ``destination``."""
     network = build_model(spec) if model is None else model
@@ -143,6 +147,9 @@ def _explain_into(
     extra_tags = {"GEOCAM_SOURCES": ",".join(p.name for p in source_paths)}
     if spec.checkpoint is not None:
         extra_tags["GEOCAM_CHECKPOINT_SHA256"] = file_sha256(spec.checkpoint)
+        extra_tags["GEOCAM_MODEL_SOURCE"] = "checkpoint"
+        extra_tags["GEOCAM_MODEL_SHA256"] = extra_tags["GEOCAM_CHECKPOINT_SHA256"]
+    extra_tags.update(provenance or {})
     from geocam import __version__
 
     extra_tags["GEOCAM_VERSION"] = __version__

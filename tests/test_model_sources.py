@@ -9,6 +9,7 @@ each equal, bitwise, those of the same network loaded the ordinary way.
 from __future__ import annotations
 
 import argparse
+import copy
 import enum
 import pathlib
 import warnings
@@ -26,6 +27,7 @@ from geocam.models import ModelSource, load_checkpoint, open_model, read_checkpo
 
 DECODER = (16, 8, 8)
 LAYER = "encoder.layer2"
+OPTIONS = {"encoder_depth": 3, "decoder_channels": DECODER}
 
 
 def tiny_unet(seed: int = 0, decoder: tuple[int, ...] = DECODER) -> nn.Module:
@@ -68,8 +70,9 @@ class Payload:
 
 def lightning_file(path: Path, model: nn.Module, marker: Path) -> Path:
     """A TorchGeo SemanticSegmentationTask-style checkpoint, objects and optimizer included."""
-    optimizer = torch.optim.Adam(model.parameters())
-    model(torch.rand(1, 4, 64, 64)).sum().backward()
+    trained = copy.deepcopy(model)  # the optimizer's state, not a change to the weights saved
+    optimizer = torch.optim.Adam(trained.parameters())
+    trained(torch.rand(1, 4, 64, 64)).sum().backward()
     optimizer.step()
     torch.save(
         {
@@ -100,8 +103,7 @@ def test_a_lightning_checkpoint_with_objects_loads_without_running_them(tmp_path
     reference = tiny_unet()
     marker = tmp_path / "PAYLOAD_RAN"
     path = lightning_file(tmp_path / "task.ckpt", reference, marker)
-    spec = ModelSpec("Unet", "resnet18", 4, ("a", "b"), options={"encoder_depth": 3,
-                                                                  "decoder_channels": DECODER})  # fmt: skip
+    spec = ModelSpec("Unet", "resnet18", 4, ("a", "b"), options=OPTIONS)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         source = open_model(path, spec)
@@ -131,8 +133,7 @@ def test_a_state_dict_without_num_batches_tracked_loads_as_torch_would(tmp_path:
     save_file(state, str(tmp_path / "converted.safetensors"))
     fresh = tiny_unet(seed=5)
     fresh.load_state_dict(state, strict=False)  # what torch's strict loader tolerates too
-    spec = ModelSpec("Unet", "resnet18", 4, ("a", "b"), options={"encoder_depth": 3,
-                                                                  "decoder_channels": DECODER})  # fmt: skip
+    spec = ModelSpec("Unet", "resnet18", 4, ("a", "b"), options=OPTIONS)
     with pytest.warns(UserWarning, match="num_batches_tracked"):
         source = open_model(tmp_path / "converted.safetensors", spec)
     assert source.kind == "state-dict"
@@ -166,13 +167,13 @@ def test_parameters_of_modules_the_forward_never_runs_are_reported_and_tolerated
 def test_errors_name_the_prefix_the_folder_and_the_decoder_channels(tmp_path: Path) -> None:
     reference = tiny_unet()
     save_file({f"net.{k}": v for k, v in reference.state_dict().items()}, str(tmp_path / "p.st"))
-    with pytest.raises(GeocamError, match="carry a 'net.' prefix"):
+    with pytest.raises(GeocamError, match=r"carry a 'net\.' prefix"):
         load_checkpoint(tiny_unet(), tmp_path / "p.st")
     save_file(tiny_unet(decoder=(32, 16, 8)).state_dict(), str(tmp_path / "d.safetensors"))
     with pytest.raises(GeocamError, match=r"decoder_channels \(the file's: \[32, 16, 8\]\)"):
         load_checkpoint(tiny_unet(), tmp_path / "d.safetensors")
     reference.save_pretrained(str(tmp_path / "hub"))
-    with pytest.raises(GeocamError, match="is a folder.*smp hub folder: pass it as the model"):
+    with pytest.raises(GeocamError, match=r"is a folder.*smp hub folder: pass it as the model"):
         load_checkpoint(tiny_unet(), tmp_path / "hub")
 
 
@@ -194,3 +195,197 @@ def test_provenance_tags_name_the_kind_and_the_file_digest(tmp_path: Path) -> No
         "GEOCAM_MODEL_FILE": "hub",
         "GEOCAM_MODEL_SHA256": file_sha256(tmp_path / "hub" / "model.safetensors"),
     }
+
+
+# --- through the command line: one command per kind, maps as the ordinary route's -------------
+
+NET = """
+arch: Unet
+encoder: resnet18
+in_channels: 4
+classes: [a, b]
+options: {encoder_depth: 3, decoder_channels: [16, 8, 8]}
+"""
+ARGS = ("--class", "1", "--tile", "64", "--overlap", "16", "--layer")
+
+
+def scene(path: Path) -> Path:
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    data = rng.random((4, 80, 112), dtype=np.float32)
+    profile = {
+        "driver": "GTiff", "width": 112, "height": 80, "count": 4, "dtype": "float32",
+        "crs": "EPSG:32633", "transform": from_origin(500000, 4000000, 10, 10),
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def run(*args: str) -> str:
+    from click.testing import CliRunner
+
+    from geocam.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def heat(path: Path) -> tuple[Any, dict[str, str]]:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read().astype("float64"), src.tags()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scene, the reference run (preset + checkpoint) and every kind of model file."""
+    root = tmp_path_factory.mktemp("sources")
+    scene(root / "scene.tif")
+    reference = tiny_unet()
+    save_file(reference.state_dict(), str(root / "weights.safetensors"))
+    (root / "net.yaml").write_text(NET)
+    (root / "ref.yaml").write_text(NET + "checkpoint: weights.safetensors\n")
+    run(
+        "explain",
+        root / "scene.tif",
+        "-c",
+        root / "ref.yaml",
+        *ARGS,
+        LAYER,
+        "-o",
+        root / "ref.tif",
+        "-q",
+    )
+    lightning_file(root / "task.ckpt", tiny_unet(), root / "PAYLOAD_RAN")
+    tiny_unet().save_pretrained(str(root / "hub"))
+    state = {k: v for k, v in reference.state_dict().items() if "num_batches_tracked" not in k}
+    save_file(state, str(root / "converted.safetensors"))
+    export_onnx(reference, root / "model.onnx", half=False)
+    export_onnx(reference, root / "model16.onnx", half=True)
+    return root
+
+
+def export_onnx(model: nn.Module, path: Path, half: bool) -> None:
+    """The legacy (TorchScript) exporter: the dynamo one needs onnxscript, not installed here."""
+
+    class Half(nn.Module):  # float16 inside, Cast nodes at both ends (as converted models are)
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net = copy.deepcopy(net).half()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x.half()).float()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Half(model) if half else model,
+            (torch.rand(1, 4, 64, 64),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["out"],
+            dynamic_axes={"input": {0: "b", 2: "h", 3: "w"}, "out": {0: "b", 2: "h", 3: "w"}},
+            opset_version=17,
+        )
+
+
+@pytest.mark.parametrize(
+    ("source", "config"),
+    [("task.ckpt", None), ("hub", None), ("converted.safetensors", "net.yaml")],
+)
+def test_state_dict_routes_explain_through_m_bitwise_as_the_ordinary_route(
+    folder: Path, source: str, config: str | None
+) -> None:
+    out = folder / f"{source}.tif"
+    extra = ("-c", folder / config) if config else ()
+    output = run(
+        "explain",
+        folder / "scene.tif",
+        "-m",
+        folder / source,
+        *extra,
+        *ARGS,
+        LAYER,
+        "-o",
+        out,
+        "-q",
+    )
+    got, tags = heat(out)
+    want, _ = heat(folder / "ref.tif")
+    assert np_equal(got, want)
+    assert tags["GEOCAM_MODEL_SOURCE"] in ("lightning", "smp-hub", "state-dict")
+    assert len(tags["GEOCAM_MODEL_SHA256"]) == 64
+    assert not (folder / "PAYLOAD_RAN").exists()
+    if config is None:
+        assert "class_0..class_1" in output and "no normalisation" in output
+
+
+def np_equal(a: Any, b: Any) -> bool:
+    import numpy as np
+
+    return bool(np.array_equal(a, b, equal_nan=True))
+
+
+ONNX_LAYER = "encoder/layer2/layer2/1/relu_1/Relu"  # smp's encoder.layer2 output, as exported
+
+
+def test_onnx_explains_through_m_within_1e_4_of_the_same_weights_in_smp(folder: Path) -> None:
+    import numpy as np
+
+    out = folder / "onnx.tif"
+    run(
+        "explain",
+        folder / "scene.tif",
+        "-m",
+        folder / "model.onnx",
+        *ARGS,
+        ONNX_LAYER,
+        "-o",
+        out,
+        "-q",
+    )
+    got, tags = heat(out)
+    want, _ = heat(folder / "ref.tif")
+    scale = np.nanmax(np.abs(want))
+    assert np.nanmax(np.abs(got - want)) <= 1e-4 * scale
+    assert tags["GEOCAM_MODEL_SOURCE"] == "onnx"
+
+
+def test_a_float16_onnx_graph_is_upcast_casts_included_and_its_maps_are_finite(
+    folder: Path,
+) -> None:
+    import numpy as np
+    import onnx
+
+    from geocam.models.onnx import upcast
+
+    proto = onnx.load(str(folder / "model16.onnx"))
+    tensors, casts = upcast(proto)
+    assert tensors > 0 and casts >= 1
+    assert all(n.attribute[0].i != 10 for n in proto.graph.node if n.op_type == "Cast")
+    out = folder / "onnx16.tif"
+    output = run(
+        "explain", folder / "scene.tif", "-m", folder / "model16.onnx",
+        *ARGS, "net/" + ONNX_LAYER, "-o", out,
+    )  # fmt: skip
+    assert output.count("upcast to float32") == 1
+    got, _ = heat(out)
+    want, _ = heat(folder / "ref.tif")
+    valid = ~np.isnan(want)
+    assert np.isfinite(got[valid]).all()
+    assert np.corrcoef(got[valid], want[valid])[0, 1] > 0.999  # float16 weights, rounded
+
+
+def test_onnx_layers_hide_helpers_unless_all(folder: Path) -> None:
+    listed = run("layers", "-m", folder / "model.onnx")
+    every = run("layers", "-m", folder / "model.onnx", "--all")
+    assert f"{ONNX_LAYER}" in listed and "<- default" in listed
+    assert len(every.splitlines()) >= len(listed.splitlines())
+    assert "NCHW" in listed

@@ -190,3 +190,25 @@ def _dim(values: Any, index: int) -> int | None:
     if len(dims) <= index or not dims[index].HasField("dim_value"):
         return None
     return int(dims[index].dim_value)
+
+
+def verify_onnx(source: ModelSource, size: int = 256) -> str:
+    """One line: onnxruntime's output against the converted network's, on one random tile."""
+    if source.kind != "onnx":
+        raise GeocamError(
+            f"--verify compares ONNX files with onnxruntime; {source.location} is not one"
+        )
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise GeocamError("--verify needs onnxruntime: pip install onnxruntime") from None
+    from geocam.layers import fixed_tile, infer_in_channels
+
+    size = fixed_tile(source.model) or size
+    channels = source.in_channels or infer_in_channels(source.model)
+    images = torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+    difference = onnx_difference(Path(source.location), source.model, images)
+    return (
+        f"verify: onnxruntime vs the converted network, one {size} x {size} tile: "
+        f"max |difference| {difference:.3g}"
+    )

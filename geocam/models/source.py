@@ -178,7 +178,7 @@ def open_state_dict(checkpoint: Checkpoint, spec: ModelSpec | None) -> ModelSour
     """A plain state dict: the network comes from ``spec``, the weights from the file."""
     from geocam.models.factories import model_factories
 
-    if spec is None:
+    if spec is None or not spec.arch or not spec.encoder:
         raise GeocamError(
             f"model {checkpoint.path} is a state dict, which does not say which network it is: "
             "give a preset with arch and encoder (-c PRESET)"
