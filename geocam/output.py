@@ -608,8 +608,11 @@ class ArraySink:
         self.data[:, row_start : row_start + data.shape[1]] = data
 
 
-def check_room(out: Path, needed: Mapping[str, int]) -> None:
-    """Refuse a run whose files (``needed``: bytes by kind) do not fit on ``out``'s disk."""
+def check_room(out: Path, needed: Mapping[str, int], run: str = "") -> None:
+    """Refuse a run whose files (``needed``: bytes by kind) do not fit on ``out``'s disk.
+
+    ``run`` describes the work (e.g. ``"420 tile(s), 2 pass(es)"``) in the message.
+    """
     import shutil
 
     folder = out.parent if str(out.parent) else Path(".")
@@ -618,7 +621,8 @@ def check_room(out: Path, needed: Mapping[str, int]) -> None:
     if total > free:
         parts = ", ".join(f"{kind} {_gib(size)}" for kind, size in needed.items())
         raise GeocamError(
-            f"{out}: the run needs up to {_gib(total)} ({parts}) but {folder} has "
+            f"{out}: the run{f' ({run})' if run else ''} needs up to {_gib(total)} ({parts}) "
+            f"but {folder} has "
             f"{_gib(free)} free; free space or choose another --out"
         )
 

@@ -158,7 +158,9 @@ def _explain_into(
 
     def sink(product: ProductSpec) -> StripSink:
         if product.name == "heatmap":  # the first: every product's size is known from it
-            check_room(paths["heatmap"], _needed(product, products, journal_size(folder)))
+            tiles, passes = product.tags["GEOCAM_TILES"], product.tags["GEOCAM_PASSES"]
+            run = f"{tiles} tile(s), {passes} pass(es)"
+            check_room(paths["heatmap"], _needed(product, products, journal_size(folder)), run)
         writer = GeoTiffWriter(
             paths[product.name],
             product.grid,

@@ -122,6 +122,7 @@ def test_a_disk_too_small_for_the_run_is_refused_before_any_work(
     # 64 x 64 pixels: heatmap 2 bands float32 (32 KiB) + class map (4 KiB), twice (journal)
     assert "the run needs up to 72 KiB" not in output  # units are MiB or GiB
     assert "needs up to 0.0703 MiB (outputs 0.0352 MiB, resume journal 0.0352 MiB)" in output
+    assert "the run (1 tile(s), 2 pass(es)) needs" in output  # what the run is
     assert "has 0.000954 MiB free; free space or choose another --out" in output
     assert snapshot(tmp_path) == before
 

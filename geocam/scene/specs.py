@@ -94,6 +94,8 @@ def product_specs(
         "GEOCAM_WEIGHTS": "scene" if explanation.scene_weights else "tile",
         "GEOCAM_RESOLUTION": products.resolution,
         "GEOCAM_TILE": str(layout.tile),
+        "GEOCAM_TILES": str(len(layout.windows())),
+        "GEOCAM_PASSES": str(explanation.passes),
         "GEOCAM_OVERLAP": str(layout.overlap),
         "GEOCAM_MODEL": f"{spec.arch}/{spec.encoder}",
         "GEOCAM_PRECISION": precision,
