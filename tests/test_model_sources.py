@@ -389,3 +389,74 @@ def test_onnx_layers_hide_helpers_unless_all(folder: Path) -> None:
     assert f"{ONNX_LAYER}" in listed and "<- default" in listed
     assert len(every.splitlines()) >= len(listed.splitlines())
     assert "NCHW" in listed
+
+
+# --- torchvision by name, geocam init ------------------------------------------------------
+
+
+def test_torchvision_by_name_fits_the_bands_and_defaults_to_its_backbone(tmp_path: Path) -> None:
+    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+    from geocam import default_layer
+    from geocam.models.vision import adapt_first_conv
+
+    torch.manual_seed(0)
+    reference = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=2)
+    adapt_first_conv(reference, 4)
+    reference.eval()
+    save_file(reference.state_dict(), str(tmp_path / "tv.safetensors"))
+    spec = ModelSpec("", "", 4, ("a", "b"), checkpoint=tmp_path / "tv.safetensors")
+    source = open_model("torchvision:lraspp_mobilenet_v3_large", spec)
+    assert source.kind == "torchvision" and source.sha256 is not None
+    layer = default_layer(source.model, 4)
+    assert layer.startswith("backbone.") and not layer.startswith("classifier")
+    assert torch.equal(maps(source.model, layer), maps(reference, layer))  # a dict output
+
+
+def test_dict_outputs_keyed_logits_and_logits_attributes_are_read() -> None:
+    from types import SimpleNamespace
+
+    from geocam.cam import _main_output
+
+    logits = torch.zeros(1, 2, 4, 4)
+    assert _main_output({"logits": logits, "aux": torch.ones(1, 1)}) is logits
+    assert _main_output({"hidden": torch.ones(1, 3), "seg": logits}) is logits
+    assert _main_output(SimpleNamespace(logits=logits)) is logits
+
+
+def test_init_writes_a_preset_that_explains_and_marks_what_to_fill_in(folder: Path) -> None:
+    import json
+
+    import onnx
+    import yaml
+
+    from geocam.config import load_config
+
+    proto = onnx.load(str(folder / "model.onnx"))  # Deepness-style metadata
+    for key, value in {
+        "class_names": json.dumps({"0": "land", "1": "cloud"}),
+        "standardization_mean": "[0.1, 0.2, 0.3, 0.4]",
+        "standardization_std": "[0.5, 0.5, 0.5, 0.5]",
+    }.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.save(proto, str(folder / "deepness.onnx"))
+    run("init", "-m", folder / "deepness.onnx", "-o", folder / "deepness.yaml")
+    text = (folder / "deepness.yaml").read_text()
+    data = yaml.safe_load(text)
+    assert data["classes"] == ["land", "cloud"] and data["model"] == "deepness.onnx"
+    assert data["normalisation"]["offset"][0] == pytest.approx(-0.2)
+    assert data["layer"] == ONNX_LAYER
+    preset = load_config(folder / "deepness.yaml")
+    assert preset.spec.normalisation is not None
+    run("explain", folder / "scene.tif", "-c", folder / "deepness.yaml", "--class", "cloud",
+        "--tile", "64", "--overlap", "16", "-o", folder / "deepness.tif", "-q")  # fmt: skip
+    assert heat(folder / "deepness.tif")[1]["GEOCAM_MODEL_SOURCE"] == "onnx"
+
+    (folder / "side.json").write_text(json.dumps({"mean": [0, 0, 0, 0], "std": [2, 2, 2, 2]}))
+    run("init", "-m", folder / "hub", "--sidecar", folder / "side.json", "-o", folder / "hub.yaml")
+    text = (folder / "hub.yaml").read_text()
+    assert "classes: [class_0, class_1]  # FILL IN" in text
+    assert yaml.safe_load(text)["normalisation"]["scale"] == [0.5] * 4
+    run("explain", folder / "scene.tif", "-c", folder / "hub.yaml", "--class", "class_1",
+        "--tile", "64", "--overlap", "16", "-o", folder / "hub-init.tif", "-q")  # fmt: skip
