@@ -275,7 +275,6 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
         raise GeocamError(f"--out {out} is a folder; give a file name, e.g. {out / 'heatmap.tif'}")
     out = out if out.suffix else out.with_suffix(".tif")  # where the heatmap goes
     preset, model = open_preset(config, model_source)
-    gis = GisOptions(qml, overlay, quicklook, hotspots, hotspot_threshold, hotspot_format)
     if where is not None and not region.startswith("vector:"):
         raise GeocamError(f"--where {where}: filters a vector region; add --region vector:PATH")
     unique = tuple(dict.fromkeys(classes))
@@ -289,6 +288,12 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
         every = (tuple(range(1, preset.spec.in_channels + 1)),)
         source, rgb = composite_source(sources, preset.spec.bands or every, rgb)
     class_map = class_map or (quicklook and region == "predicted")  # the quicklook's outline
+    gis = GisOptions(
+        qml=qml, overlay=overlay, quicklook=quicklook, hotspots=hotspots,
+        hotspot_threshold=hotspot_threshold, hotspot_format=hotspot_format,
+        classes=tuple(preset.spec.classes[preset.spec.class_index(c)] for c in unique),
+        probabilities=probabilities, class_map=class_map, cog=cog,
+    )  # fmt: skip
     explanation = Explanation(
         classes=classes,
         method=method or preset.method,  # type: ignore[arg-type]

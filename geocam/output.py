@@ -90,6 +90,7 @@ class Band:
 
     description: str
     tags: Mapping[str, str] = field(default_factory=dict)
+    unit: str = ""
 
 
 def write_failed(path: Path, error: BaseException) -> WriteFailed:
@@ -458,6 +459,8 @@ class GeoTiffWriter:
         try:
             for index, band in enumerate(bands, start=1):
                 self._dataset.set_band_description(index, band.description)
+                if band.unit:  # stored inside the GeoTIFF: kept where a sidecar is not read
+                    self._dataset.set_band_unit(index, band.unit)
                 if band.tags:
                     self._dataset.update_tags(index, **band.tags)
             if tags:
@@ -517,6 +520,8 @@ class GeoTiffWriter:
             if self.categories is not None:
                 sidecar = self.destination.scratch(Path(f"{self.path}.aux.xml"))
                 write_category_names(self.path, self.categories, to=sidecar)
+                style = self.destination.scratch(self.path.with_suffix(".qml"))
+                style.write_text(classes_qml(self.categories), encoding="utf-8")
         except (OSError, RasterioError) as error:
             raise write_failed(self.partial, error) from error
         if self._own:
@@ -527,25 +532,12 @@ class GeoTiffWriter:
 
     def _to_cog(self) -> None:
         """Convert the partial file with GDAL's COG driver, which keeps every band's tags."""
-        from rasterio.shutil import copy
-
-        converted = self.partial.with_name(self.partial.name + ".cog")
-        try:
-            copy(
-                self.partial,
-                converted,
-                driver="COG",
-                COMPRESS=self.compress.upper(),
-                PREDICTOR="FLOATING_POINT" if self.floating else "YES",
-                BLOCKSIZE=BLOCK,
-                BIGTIFF="IF_SAFER",
-                OVERVIEWS="IGNORE_EXISTING",
-                RESAMPLING="NEAREST" if self.categories is not None else "AVERAGE",
-            )
-            os.replace(converted, self.partial)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                converted.unlink()
+        to_cog(
+            self.partial,
+            compress=self.compress.upper(),
+            predictor="FLOATING_POINT" if self.floating else "YES",
+            resampling="NEAREST" if self.categories is not None else "AVERAGE",
+        )
 
     def abort(self) -> None:
         """Close and delete the scratch file; a committed file is the destination's business."""
@@ -565,6 +557,29 @@ class GeoTiffWriter:
             self.destination.__exit__(None, None, None)
 
 
+def to_cog(path: Path, *, compress: str, predictor: str, resampling: str) -> None:
+    """Convert the GeoTIFF at ``path``, in place, to a Cloud-Optimized GeoTIFF with overviews."""
+    from rasterio.shutil import copy
+
+    converted = path.with_name(path.name + ".cog")
+    try:
+        copy(
+            path,
+            converted,
+            driver="COG",
+            COMPRESS=compress.upper(),
+            PREDICTOR=predictor,
+            BLOCKSIZE=BLOCK,
+            BIGTIFF="IF_SAFER",
+            OVERVIEWS="IGNORE_EXISTING",
+            RESAMPLING=resampling,
+        )
+        os.replace(converted, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            converted.unlink()
+
+
 def remove_output(path: Path) -> None:
     """Delete a finished raster and its GDAL sidecar (``.aux.xml``), if they exist."""
     path.unlink(missing_ok=True)
@@ -580,6 +595,34 @@ def class_colours(count: int) -> dict[int, tuple[int, int, int, int]]:
     colours = {i: (*palette[i % len(palette)], 255) for i in range(count)}
     colours[255] = (0, 0, 0, 0)
     return colours
+
+
+def classes_renderer(names: Sequence[str], indent: str = "    ") -> str:
+    """A QGIS ``paletted`` renderer listing only the named classes (not GDAL's 256 entries)."""
+    colours = class_colours(len(names))
+    entries = "".join(
+        f'\n{indent}    <paletteEntry value="{value}" color="#{r:02x}{g:02x}{b:02x}" '
+        f'alpha="{a}" label="{escape(name, {chr(34): "&quot;"})}"/>'
+        for value, name in enumerate(names)
+        for r, g, b, a in [colours[value]]
+    )
+    return f"""{indent}<rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1"
+{indent}    nodataColor="">
+{indent}  <rasterTransparency/>
+{indent}  <minMaxOrigin><limits>None</limits><extent>WholeRaster</extent></minMaxOrigin>
+{indent}  <colorPalette>{entries}
+{indent}  </colorPalette>
+{indent}</rasterrenderer>
+{indent}<brightnesscontrast brightness="0" contrast="0"/>"""
+
+
+def classes_qml(names: Sequence[str]) -> str:
+    """The class map's QGIS style (``NAME_classes.qml``, applied on load)."""
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        '<qgis version="3.22.16" styleCategories="Symbology">\n  <pipe>\n'
+        f"{classes_renderer(names)}\n  </pipe>\n  <blendMode>0</blendMode>\n</qgis>\n"
+    )
 
 
 def write_category_names(path: Path, names: Sequence[str], *, to: Path | None = None) -> None:

@@ -7,10 +7,12 @@ and moved into place when complete; with a shared destination, together with the
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
@@ -21,7 +23,7 @@ from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 
 from geocam.errors import GeocamError, first_line
-from geocam.output import BLOCK, Destination, write_failed
+from geocam.output import BLOCK, Destination, to_cog, write_failed
 from geocam.sources import Grid
 
 COLORMAP = "inferno"
@@ -83,46 +85,243 @@ def ramp(count: int = 6) -> list[tuple[float, tuple[int, int, int]]]:
     return stops
 
 
+QML_HEADER = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+HEAT_OPACITY = 0.8
+"""The opacity of the hottest heat in the QGIS style; zero heat is fully transparent."""
+
+
+def heat_alpha(scaled: np.ndarray | float) -> np.ndarray:
+    """The opacity (0..1) of heat scaled to 0..1: 0 at zero heat, rising as its square root."""
+    return np.asarray(HEAT_OPACITY * np.sqrt(np.clip(scaled, 0, 1)))
+
+
+def heat_items(low: float, high: float, what: str, count: int = 11) -> list[dict[str, str]]:
+    """The colour-ramp stops of the heat style: colour, opacity rising from 0, legend label."""
+    items = []
+    for i, (s, (r, g, b)) in enumerate(ramp(count)):
+        value = low + s * (high - low)
+        label = f"{value:.3g}"
+        if i == 0:
+            label = f"{value:.3g}: no evidence for {what}"
+        elif i == count - 1:
+            label = f"{value:.3g} (99th percentile) and above: strongest evidence"
+        items.append({
+            "value": f"{value:.6g}", "label": label, "color": f"#{r:02x}{g:02x}{b:02x}",
+            "alpha": str(round(255 * float(heat_alpha(s)))),
+        })  # fmt: skip
+    return items
+
+
+def pseudocolor_renderer(
+    band: int, low: float, high: float, items: Sequence[Mapping[str, str]], indent: str = "    "
+) -> str:
+    """A ``singlebandpseudocolor`` raster renderer (QGIS XML) with interpolated ``items``."""
+    stops = "".join(
+        f'\n{indent}      <item value="{i["value"]}" label="{escape(i["label"], QUOTES)}" '
+        f'color="{i["color"]}" alpha="{i["alpha"]}"/>'
+        for i in items
+    )
+    return f"""{indent}<rasterrenderer type="singlebandpseudocolor" band="{band}" opacity="1"
+{indent}    alphaBand="-1" classificationMin="{low:.6g}" classificationMax="{high:.6g}"
+{indent}    nodataColor="">
+{indent}  <rasterTransparency/>
+{indent}  <minMaxOrigin><limits>None</limits><extent>WholeRaster</extent></minMaxOrigin>
+{indent}  <rastershader>
+{indent}    <colorrampshader colorRampType="INTERPOLATED" classificationMode="2" clip="0"
+{indent}        minimumValue="{low:.6g}" maximumValue="{high:.6g}" labelPrecision="4">{stops}
+{indent}    </colorrampshader>
+{indent}  </rastershader>
+{indent}</rasterrenderer>
+{indent}<brightnesscontrast brightness="0" contrast="0"/>"""
+
+
+QUOTES = {'"': "&quot;"}
+
+
+def raster_qml(renderer: str) -> str:
+    """A QGIS raster style file holding ``renderer`` (from :func:`pseudocolor_renderer`)."""
+    return f"""{QML_HEADER}<qgis version="3.22.16" styleCategories="Symbology">
+  <pipe>
+{renderer}
+  </pipe>
+  <blendMode>0</blendMode>
+</qgis>
+"""
+
+
+def heat_renderer(heatmap: rasterio.io.DatasetReader, band: int, indent: str = "    ") -> str:
+    """The heat style's renderer of ``band``: transparent at zero heat, labelled legend."""
+    low, high = display_range(heatmap, band)
+    what = heatmap.tags(band).get("CLASS") or heatmap.descriptions[band - 1] or "the class"
+    return pseudocolor_renderer(band, low, high, heat_items(low, high, what), indent)
+
+
+def probability_renderer(band: int, name: str, indent: str = "    ") -> str:
+    """A style for a probability band: 0 transparent to 1 opaque, viridis."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    items = []
+    for s in np.linspace(0, 1, 6):
+        r, g, b = (round(255 * float(c)) for c in cmap(s)[:3])
+        label = f"{s:.1f}" + (f": probability of {name}" if s == 1 else "")
+        items.append({"value": f"{s:.6g}", "label": label, "color": f"#{r:02x}{g:02x}{b:02x}",
+                      "alpha": str(round(255 * (0.15 + 0.7 * s)))})  # fmt: skip
+    return pseudocolor_renderer(band, 0.0, 1.0, items, indent)
+
+
 def write_qml(
     heatmap_path: Path,
     band: int = 1,
     overwrite: bool = False,
     *,
     destination: Destination | None = None,
+    path: Path | None = None,
 ) -> Path:
-    """A QGIS style (``NAME.qml`` beside ``NAME.tif``, applied by QGIS on load) for ``band``."""
+    """A QGIS style for ``band`` (``NAME.qml`` beside ``NAME.tif`` is applied by QGIS on load).
+
+    A colour ramp whose opacity rises from 0 at zero heat, so the image underneath keeps its
+    brightness where the map is zero; the legend says what the values are.
+    """
     with rasterio.open(_reading(heatmap_path, destination)) as heatmap:
-        low, high = display_range(heatmap, band)
-        description = heatmap.descriptions[band - 1] or f"band {band}"
-    items = "".join(
-        f'<item alpha="255" value="{low + s * (high - low):.6g}" '
-        f'label="{low + s * (high - low):.4g}" color="#{r:02x}{g:02x}{b:02x}"/>'
-        for s, (r, g, b) in ramp()
-    )
-    qml = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.28" styleCategories="AllStyleCategories">
-  <pipe>
-    <rasterrenderer type="singlebandpseudocolor" band="{band}" opacity="0.75"
-        alphaBand="-1" classificationMin="{low:.6g}" classificationMax="{high:.6g}"
-        nodataColor="">
-      <rasterTransparency/>
-      <minMaxOrigin><limits>None</limits><extent>WholeRaster</extent></minMaxOrigin>
-      <rastershader>
-        <colorrampshader colorRampType="INTERPOLATED" classificationMode="2" clip="0"
-            minimumValue="{low:.6g}" maximumValue="{high:.6g}" labelPrecision="4">
-          {items}
-        </colorrampshader>
-      </rastershader>
-    </rasterrenderer>
-    <brightnesscontrast brightness="0" contrast="0"/>
-  </pipe>
-  <layerMetadata><abstract>geocam: {description}</abstract></layerMetadata>
-  <blendMode>0</blendMode>
-</qgis>
-"""
-    path = heatmap_path.with_suffix(".qml")
+        qml = raster_qml(heat_renderer(heatmap, band))
+    path = path or heatmap_path.with_suffix(".qml")
     with atomic(path, overwrite, destination) as partial:
         partial.write_text(qml, encoding="utf-8")
+    return path
+
+
+def write_probability_qml(
+    probabilities: Path,
+    path: Path,
+    band: int = 1,
+    overwrite: bool = False,
+    *,
+    destination: Destination | None = None,
+) -> Path:
+    """A QGIS style for a probability raster (``NAME.qml``): 0..1, named in the legend."""
+    with rasterio.open(_reading(probabilities, destination)) as dataset:
+        name = dataset.tags(band).get("CLASS", "the class")
+    with atomic(path, overwrite, destination) as partial:
+        partial.write_text(raster_qml(probability_renderer(band, name)), encoding="utf-8")
+    return path
+
+
+HOTSPOT_SYMBOL = """<symbol type="fill" name="0" alpha="1" clip_to_extent="1" force_rhr="0">
+        <layer class="SimpleFill" enabled="1" pass="0" locked="0">
+          <Option type="Map">
+            <Option type="QString" name="color" value="{fill}"/>
+            <Option type="QString" name="joinstyle" value="bevel"/>
+            <Option type="QString" name="outline_color" value="{line}"/>
+            <Option type="QString" name="outline_style" value="solid"/>
+            <Option type="QString" name="outline_width" value="{width}"/>
+            <Option type="QString" name="outline_width_unit" value="MM"/>
+            <Option type="QString" name="style" value="{style}"/>
+          </Option>
+        </layer>
+      </symbol>"""
+
+
+def outline_renderer(
+    line: str = "0,255,255,255", fill: str = "0,255,255,40", width: float = 0.6
+) -> str:
+    """A single-symbol vector renderer: an outline and a light (or no) fill."""
+    symbol = HOTSPOT_SYMBOL.format(
+        fill=fill, line=line, width=width, style="solid" if fill else "no"
+    )
+    return f"""<renderer-v2 type="singleSymbol" symbollevels="0" enableorderby="0" forceraster="0">
+    <symbols>
+      {symbol}
+    </symbols>
+    <rotation/><sizescale/>
+  </renderer-v2>"""
+
+
+def vector_qml(renderer: str) -> str:
+    """A QGIS vector style file holding ``renderer``."""
+    return f"""{QML_HEADER}<qgis version="3.22.16" styleCategories="Symbology">
+  {renderer}
+  <blendMode>0</blendMode>
+  <featureBlendMode>0</featureBlendMode>
+  <layerOpacity>1</layerOpacity>
+</qgis>
+"""
+
+
+def write_hotspots_qml(
+    path: Path, overwrite: bool = False, *, destination: Destination | None = None
+) -> Path:
+    """The hotspots' style (``NAME_hotspots.qml``, applied on load): outline, light fill."""
+    with atomic(path, overwrite, destination) as partial:
+        partial.write_text(vector_qml(outline_renderer()), encoding="utf-8")
+    return path
+
+
+def provenance(tags: Mapping[str, str], band_tags: Sequence[Mapping[str, str]]) -> str:
+    """What a geocam raster holds and how it was made, in a few sentences, from its tags."""
+    classes = tags.get("GEOCAM_CLASSES", "")
+    model_hash = tags.get("GEOCAM_MODEL_SHA256") or tags.get("GEOCAM_CHECKPOINT_SHA256") or "none"
+    lines = [
+        f"Grad-CAM explanation of class(es) {classes} by geocam {tags.get('GEOCAM_VERSION', '')}.",
+        f"Method: {tags.get('GEOCAM_METHOD', '')}; layer: {tags.get('GEOCAM_LAYER', '')} "
+        f"(stride {tags.get('GEOCAM_LAYER_STRIDE', '')}); region: {tags.get('GEOCAM_REGION', '')}"
+        f"; score: {tags.get('GEOCAM_SCORE', '')}; weights: {tags.get('GEOCAM_WEIGHTS', '')}.",
+        f"Model: {tags.get('GEOCAM_MODEL', '')} ({tags.get('GEOCAM_MODEL_SOURCE', 'preset')}), "
+        f"SHA-256 {model_hash}.",
+        f"Sources: {tags.get('GEOCAM_SOURCES', '')}.",
+        "Values are raw Grad-CAM, not normalised: comparable across tiles and scenes; the "
+        "'positive' band is the evidence for the class (0: none), the 'signed' band also shows "
+        "evidence against it (negative).",
+    ]
+    for index, band in enumerate(band_tags, start=1):
+        if "STATISTICS_MAXIMUM" in band:
+            lines.append(
+                f"Band {index} ({band.get('CLASS', '')} {band.get('KIND', '')}): min "
+                f"{float(band.get('STATISTICS_MINIMUM', 'nan')):.4g}, max "
+                f"{float(band['STATISTICS_MAXIMUM']):.4g}, 99th percentile "
+                f"{float(band.get('GEOCAM_P99', 'nan')):.4g}."
+            )
+    return "\n".join(lines)
+
+
+def qmd(title: str, abstract: str, keywords: Sequence[str], crs_wkt: str) -> str:
+    """A QGIS layer metadata file (``NAME.qmd``, read by QGIS when it opens ``NAME.tif``)."""
+    words = "".join(f"<keyword>{escape(k)}</keyword>" for k in keywords)
+    return f"""{QML_HEADER}<qgis version="3.22.16">
+  <identifier>{escape(title)}</identifier>
+  <parentidentifier></parentidentifier>
+  <language></language>
+  <type>dataset</type>
+  <title>{escape(title)}</title>
+  <abstract>{escape(abstract)}</abstract>
+  <keywords vocabulary="geocam">{words}</keywords>
+  <links/>
+  <fees></fees>
+  <encoding></encoding>
+  <crs><spatialrefsys nativeFormat="Wkt"><wkt>{escape(crs_wkt)}</wkt></spatialrefsys></crs>
+  <extent/>
+</qgis>
+"""
+
+
+def write_qmd(
+    raster: Path,
+    path: Path,
+    what: str,
+    overwrite: bool = False,
+    *,
+    destination: Destination | None = None,
+) -> Path:
+    """The ``.qmd`` metadata sidecar of a geocam raster: title ``what``, its provenance."""
+    with rasterio.open(_reading(raster, destination)) as dataset:
+        tags = dataset.tags()
+        bands = [dataset.tags(i) for i in range(1, dataset.count + 1)]
+        wkt = dataset.crs.to_wkt() if dataset.crs else ""
+    keywords = ["geocam", "Grad-CAM", tags.get("GEOCAM_METHOD", ""),
+                *tags.get("GEOCAM_CLASSES", "").split(",")]  # fmt: skip
+    text = qmd(f"{what} ({raster.name})", provenance(tags, bands), keywords, wkt)
+    with atomic(path, overwrite, destination) as partial:
+        partial.write_text(text, encoding="utf-8")
     return path
 
 
@@ -133,8 +332,13 @@ def write_overlay(
     overwrite: bool = False,
     *,
     destination: Destination | None = None,
+    cog: bool = False,
 ) -> Path:
-    """An RGBA GeoTIFF of ``band`` coloured with the ramp, transparent where cold or nodata."""
+    """An RGBA GeoTIFF of ``band`` coloured with the ramp, transparent where cold or nodata.
+
+    With ``cog`` a Cloud-Optimized GeoTIFF with overviews (average resampling). It renders
+    as it is, without a style (e.g. opened over HTTP, where QGIS never reads a ``.qml``).
+    """
     from matplotlib import colormaps
 
     cmap = colormaps[COLORMAP]
@@ -161,6 +365,10 @@ def write_overlay(
                 rgba = (cmap(scaled) * 255).astype(np.uint8)
                 rgba[..., 3] = np.where(np.isfinite(values), (255 * np.sqrt(scaled)), 0)
                 dst.write(np.moveaxis(rgba, -1, 0), window=window)
+            dst.update_tags(**heatmap.tags())
+            dst.update_tags(GEOCAM_OVERLAY_OF=f"band {band} ({heatmap.descriptions[band - 1]})")
+        if cog:
+            to_cog(partial, compress="deflate", predictor="YES", resampling="AVERAGE")
     return out
 
 
@@ -280,9 +488,18 @@ def write_hotspots(
         raise GeocamError(
             f"--hotspots: the heatmap's CRS has no WKT ({first_line(error)})"
         ) from error
+    options: dict[str, str] = {}
+    if driver == "GeoJSON":
+        from rasterio.warp import transform_geom
+
+        for feature in features:
+            feature["geometry"] = transform_geom(crs, "EPSG:4326", feature["geometry"])
+        wkt, options = CRS.from_epsg(4326).to_wkt(), {"RFC7946": "YES"}
     with (
         atomic(out, overwrite, destination) as partial,
-        fiona.open(partial, "w", driver=driver, crs=wkt, schema=schema, layer="hotspots") as sink,
+        fiona.open(
+            partial, "w", driver=driver, crs=wkt, schema=schema, layer="hotspots", **options
+        ) as sink,
     ):
         sink.writerecords(features)
     return out
@@ -386,7 +603,12 @@ def stretch(composite: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GisOptions:
-    """Which GIS products to make from a heatmap, and how."""
+    """Which GIS products to make from a heatmap, and how.
+
+    ``classes`` names the heatmap's classes, in band order (two bands each, positive first):
+    with several, each class gets its own style, overlay and hotspots. ``probabilities`` and
+    ``class_map`` say whether those rasters exist (their styles and metadata are written).
+    """
 
     qml: bool = True
     overlay: bool = False
@@ -395,17 +617,61 @@ class GisOptions:
     hotspot_threshold: str = "p95"
     hotspot_format: str = "gpkg"
     band: int = 1
+    classes: tuple[str, ...] = ()
+    probabilities: bool = False
+    class_map: bool = False
+    cog: bool = False
+
+
+def slug(name: str) -> str:
+    """A class name as a file-name part: letters, digits, ``-`` and ``_``."""
+    return re.sub(r"[^\w-]+", "_", name).strip("_") or "class"
+
+
+def class_bands(options: GisOptions) -> list[tuple[str, int, str]]:
+    """``(class, positive band, file-name infix)`` of each class the products are made for.
+
+    One class (or none named): the products' plain names (``NAME_overlay.tif``); several: one
+    set per class (``NAME_CLASS_overlay.tif``).
+    """
+    if len(options.classes) <= 1:
+        return [(options.classes[0] if options.classes else "", options.band, "")]
+    return [(name, 2 * k + 1, f"_{slug(name)}") for k, name in enumerate(options.classes)]
 
 
 def gis_paths(heatmap: Path, options: GisOptions) -> dict[str, Path]:
-    """Where each requested product goes, beside the heatmap."""
-    paths = {
-        "qml": heatmap.with_suffix(".qml"),
-        "overlay": heatmap.with_name(f"{heatmap.stem}_overlay.tif"),
-        "quicklook": heatmap.with_suffix(".png"),
-        "hotspots": heatmap.with_name(f"{heatmap.stem}_hotspots.{options.hotspot_format}"),
-    }
-    return {name: path for name, path in paths.items() if getattr(options, name)}
+    """Where each requested product goes, beside the heatmap (keys ``NAME`` or ``NAME:CLASS``)."""
+    stem, folder = heatmap.stem, heatmap.parent
+    several = len(options.classes) > 1
+    paths: dict[str, Path] = {}
+    if options.qml:
+        paths["qml"] = heatmap.with_suffix(".qml")
+        paths["qmd"] = heatmap.with_suffix(".qmd")
+        if options.probabilities:
+            paths["probabilities_qml"] = folder / f"{stem}_probability.qml"
+            paths["probabilities_qmd"] = folder / f"{stem}_probability.qmd"
+        if options.class_map:
+            paths["classes_qmd"] = folder / f"{stem}_classes.qmd"
+    for name, _, infix in class_bands(options):
+        key = f":{name}" if several else ""
+        if options.qml and several:
+            paths[f"qml{key}"] = folder / f"{stem}{infix}.qml"
+        if options.overlay:
+            paths[f"overlay{key}"] = folder / f"{stem}{infix}_overlay.tif"
+        if options.hotspots:
+            paths[f"hotspots{key}"] = folder / f"{stem}{infix}_hotspots.{options.hotspot_format}"
+            paths[f"hotspots_qml{key}"] = folder / f"{stem}{infix}_hotspots.qml"
+    if options.quicklook:
+        paths["quicklook"] = heatmap.with_suffix(".png")
+    return paths
+
+
+@dataclass(frozen=True)
+class Put:
+    """Where products are staged, and whether they may replace earlier ones."""
+
+    overwrite: bool
+    destination: Destination
 
 
 def write_gis_products(
@@ -425,24 +691,83 @@ def write_gis_products(
     when all of them succeeded.
     """
     paths = gis_paths(heatmap, options)
-    band = options.band
+    several = len(options.classes) > 1
     with contextlib.ExitStack() as stack:
         own = destination is None
         if destination is None:
             destination = stack.enter_context(Destination(paths, overwrite=overwrite))
+        put = Put(overwrite, destination)
         if "qml" in paths:
-            write_qml(heatmap, band, overwrite, destination=destination)
-        if "overlay" in paths:
-            write_overlay(heatmap, paths["overlay"], band, overwrite, destination=destination)
-        if "hotspots" in paths:
-            write_hotspots(
-                heatmap, paths["hotspots"], band, options.hotspot_threshold, overwrite,
-                destination=destination,
-            )  # fmt: skip
+            write_qml(
+                heatmap,
+                class_bands(options)[0][1],
+                overwrite=put.overwrite,
+                destination=put.destination,
+            )
+            write_qmd(
+                heatmap,
+                paths["qmd"],
+                "geocam heatmap",
+                overwrite=put.overwrite,
+                destination=put.destination,
+            )
+        if "probabilities_qml" in paths:
+            probabilities = heatmap.with_name(f"{heatmap.stem}_probability{heatmap.suffix}")
+            write_probability_qml(
+                probabilities,
+                paths["probabilities_qml"],
+                overwrite=put.overwrite,
+                destination=put.destination,
+            )
+            write_qmd(
+                probabilities,
+                paths["probabilities_qmd"],
+                "geocam class probabilities",
+                overwrite=put.overwrite,
+                destination=put.destination,
+            )
+        if "classes_qmd" in paths:
+            classes = heatmap.with_name(f"{heatmap.stem}_classes{heatmap.suffix}")
+            write_qmd(
+                classes,
+                paths["classes_qmd"],
+                "geocam predicted classes",
+                overwrite=put.overwrite,
+                destination=put.destination,
+            )
+        for name, band, _ in class_bands(options):
+            key = f":{name}" if several else ""
+            if f"qml{key}" in paths and several:
+                write_qml(
+                    heatmap,
+                    band,
+                    path=paths[f"qml{key}"],
+                    overwrite=put.overwrite,
+                    destination=put.destination,
+                )
+            if f"overlay{key}" in paths:
+                write_overlay(
+                    heatmap,
+                    paths[f"overlay{key}"],
+                    band,
+                    cog=options.cog,
+                    overwrite=put.overwrite,
+                    destination=put.destination,
+                )
+            if f"hotspots{key}" in paths:
+                write_hotspots(
+                    heatmap, paths[f"hotspots{key}"], band, options.hotspot_threshold,
+                    overwrite=put.overwrite, destination=put.destination,
+                )  # fmt: skip
+                write_hotspots_qml(
+                    paths[f"hotspots_qml{key}"],
+                    overwrite=put.overwrite,
+                    destination=put.destination,
+                )
         if "quicklook" in paths:
             write_quicklook(
-                heatmap, source, paths["quicklook"], rgb=rgb, band=band, region=region,
-                overwrite=overwrite, destination=destination,
+                heatmap, source, paths["quicklook"], rgb=rgb, band=class_bands(options)[0][1],
+                region=region, overwrite=overwrite, destination=destination,
             )  # fmt: skip
         if own:
             destination.commit()

@@ -23,6 +23,7 @@ from geocam.sources import Grid
 ROOT = Path(__file__).resolve().parents[1]
 LANDCOVER = ROOT / "configs" / "landcover_raleigh.yaml"
 SCENE = ROOT / "geocam" / "data" / "raleigh_lsat7_2000.tif"
+PUCALLPA = [ROOT / "geocam" / "data" / f"pucallpa_landsat_{year}.tif" for year in (1985, 2020)]
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +91,57 @@ def test_hotspots_as_geojson(tmp_path: Path) -> None:
         "--hotspot-threshold", "otsu", "--no-qml", "-q",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.tif", "f_hotspots.geojson"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "f.tif", "f_hotspots.geojson", "f_hotspots.qml",
+    ]  # fmt: skip
     with fiona.open(tmp_path / "f_hotspots.geojson") as hotspots:
         assert len(hotspots) >= 1 and hotspots.schema["geometry"] == "Polygon"
+        assert rasterio.crs.CRS.from_wkt(hotspots.crs_wkt).to_epsg() == 4326  # RFC 7946
+        xs, ys = zip(*(xy for f in hotspots for xy in f.geometry.coordinates[0]), strict=True)
+    with rasterio.open(tmp_path / "f.tif") as heat:
+        from rasterio.warp import transform_bounds
+
+        west, south, east, north = transform_bounds(heat.crs, "EPSG:4326", *heat.bounds)
+    assert west <= min(xs) and max(xs) <= east and south <= min(ys) and max(ys) <= north
+
+
+def test_several_classes_get_their_own_products(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, [
+        "explain", str(SCENE), "-c", str(LANDCOVER), "--class", "forest", "--class", "5", "-o",
+        str(tmp_path / "f.tif"), "--tile", "256", "--overlap", "64", "--overlay", "--hotspots",
+        "--probabilities", "--cog", "-q",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    for klass, band in (("forest", 1), ("water", 3)):
+        for suffix in (".qml", "_overlay.tif", "_hotspots.gpkg", "_hotspots.qml"):
+            assert f"f_{klass}{suffix}" in names, names
+        style = ElementTree.parse(tmp_path / f"f_{klass}.qml").getroot()
+        assert style.find("pipe/rasterrenderer").get("band") == str(band)  # type: ignore[union-attr]
+        with fiona.open(tmp_path / f"f_{klass}_hotspots.gpkg") as hotspots:
+            assert {f.properties["class"] for f in hotspots} == {klass}
+        assert cog_valid(tmp_path / f"f_{klass}_overlay.tif")
+    for name in ("f.qml", "f.qmd", "f_probability.qml", "f_probability.qmd"):
+        assert name in names
+
+
+def cog_valid(path: Path) -> bool:
+    from rio_cogeo.cogeo import cog_validate
+
+    valid, errors, warnings = cog_validate(str(path), strict=True)
+    return bool(valid) and not errors and not warnings
+
+
+def test_cog_overlay_is_a_valid_cog_with_overviews(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, [
+        "explain", *map(str, PUCALLPA), "-c", str(ROOT / "configs" / "deforestation_pucallpa.yaml"),
+        "--class", "deforestation", "-o", str(tmp_path / "d.tif"), "--tile", "256",
+        "--overlap", "64", "--overlay", "--cog", "-q",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert cog_valid(tmp_path / "d_overlay.tif")  # rio cogeo validate --strict
+    with rasterio.open(tmp_path / "d_overlay.tif") as overlay:
+        assert overlay.overviews(1) and overlay.colorinterp[3].name == "alpha"
 
 
 def test_qml_sidecar(products: Path) -> None:
@@ -104,7 +153,21 @@ def test_qml_sidecar(products: Path) -> None:
     with rasterio.open(products / "forest.tif") as heat:
         p99 = float(heat.tags(1)["GEOCAM_P99"])
     assert values[0] == 0 and values[-1] == pytest.approx(p99, rel=1e-4)
-    assert values == sorted(values) and len(items) == 6
+    assert values == sorted(values) and len(items) == 11
+    alphas = [int(item.get("alpha", "255")) for item in items]
+    assert alphas[0] == 0 and alphas == sorted(alphas)  # zero heat leaves the image as it is
+
+
+def test_rasters_say_what_they_hold_without_a_sidecar(products: Path) -> None:
+    # inside the GeoTIFF (GDAL_METADATA), so a COG read over HTTP keeps them
+    with rasterio.open(products / "forest.tif") as heat:
+        assert heat.descriptions == ("forest positive", "forest signed")
+        assert heat.units == ("raw gradcam (not normalised)",) * 2
+        assert heat.colorinterp[0].name == "gray"
+    with rasterio.open(products / "forest_probability.tif") as probabilities:
+        assert probabilities.units == ("probability",)
+    with rasterio.open(products / "forest_classes.tif") as classes:
+        assert classes.colorinterp[0].name == "palette" and classes.colormap(1)[4][3] == 255
 
 
 def test_rgba_overlay(products: Path) -> None:

@@ -101,13 +101,17 @@ def product_specs(
         "GEOCAM_PRECISION": precision,
     }
     bands = [
-        Band(f"{name} {kind}", {"CLASS": name, "CLASS_INDEX": str(index), "KIND": kind})
+        Band(
+            f"{name} {kind}",
+            {"CLASS": name, "CLASS_INDEX": str(index), "KIND": kind},
+            f"raw {explanation.method} (not normalised)",
+        )
         for index, name in zip(classes, names, strict=True)
         for kind in ("positive", "signed")
     ]
     made = [ProductSpec("heatmap", heat_grid, bands, "float32", float("nan"), tags)]
     if products.probabilities:
-        prob_bands = [Band(f"{n} probability", {"CLASS": n}) for n in names]
+        prob_bands = [Band(f"{n} probability", {"CLASS": n}, "probability") for n in names]
         made.append(ProductSpec("probabilities", grid, prob_bands, "float32", float("nan"), tags))
     if products.class_map:
         categories = class_map_names(spec.classes)
