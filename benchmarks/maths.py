@@ -81,7 +81,7 @@ def tiled_vs_untiled(pixels: np.ndarray) -> None:
     inner = (slice(2, -2), slice(2, -2))  # where bilinear upsampling clamps at a tile edge
     networks = {"LocalNet": precise(LocalNet().eval()), "ContextNet": precise(ContextNet().eval())}
     cases = [("LocalNet", "predicted", o) for o in (4, 8, 12)]
-    cases += [("ContextNet", "all", 8), ("ContextNet", "all", 16), ("ContextNet", "predicted", 16)]
+    cases += [("ContextNet", "all", 8), ("ContextNet", "all", 16), ("ContextNet", "predicted", 8)]
     for method in ("gradcam", "gradcam++"):
         for name, region, overlap in cases:
             model = networks[name]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -86,3 +88,21 @@ def test_block_sum_by_hand() -> None:
     expected = [[0 + 1 + 5 + 6, 2 + 3 + 7 + 8, 4 + 9], [10 + 11, 12 + 13, 14]]
     np.testing.assert_array_equal(block_sum(values, 2), expected)
     assert block_sum(values[None], 2).shape == (1, 2, 3)
+
+
+def test_predicted_region_record_reads_back_by_tile_and_is_removed() -> None:
+    from rasterio.windows import Window
+
+    from geocam.scene.predicted import PredictedRegion
+
+    record = PredictedRegion(2, 5, 7)
+    folder = record._folder.name
+    values = np.zeros((2, 3, 4), np.uint8)
+    values[1, 1:, 2:] = 1
+    record.record(Window(3, 2, 4, 3), values)  # a core: rows 2-4, columns 3-6
+    read = record.read(Window(2, 1, 5, 4), (6, 8))  # a tile over it, padded to 6 x 8
+    expected = np.zeros((2, 6, 8), np.float32)
+    expected[1, 2:4, 3:5] = 1  # scene rows 3-4, columns 5-6
+    np.testing.assert_array_equal(read, expected)
+    record.close()
+    assert not Path(folder).exists()

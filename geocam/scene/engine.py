@@ -34,6 +34,7 @@ from geocam.blend import BandAccumulator, block_sum, weighted_mean
 from geocam.cam import (
     CamOptions,
     LayerGradients,
+    class_table,
     combine,
     layer_activations,
     layer_gradients,
@@ -44,9 +45,10 @@ from geocam.layers import LayerInfo, default_layer, list_layers, resolve_layer
 from geocam.models import ModelSpec
 from geocam.output import StripSink
 from geocam.region_sources import open_region
-from geocam.regions import Region
+from geocam.regions import Region, region_weights
 from geocam.scene import passes
 from geocam.scene.options import Explanation, Products, Runtime, Tiling
+from geocam.scene.predicted import PredictedRegion
 from geocam.scene.resume import Checkpoint, plan_resume
 from geocam.scene.specs import ProductSpec, classes_from_probabilities, product_specs
 from geocam.scene.tiles import Tile, core_mask, read_tile, window_key
@@ -188,6 +190,8 @@ class _Scene:
         """The largest finite |value| of the heatmap written so far."""
         self._scene_activation_sums: torch.Tensor | None = None
         """Grad-CAM++'s per-channel activation sums over the scene (pass 0)."""
+        self._predicted: PredictedRegion | None = None
+        """Grad-CAM++'s predicted region as each tile's core decided it (pass 0)."""
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -218,6 +222,7 @@ class _Scene:
             elif self.scene_weights:
                 sums = self._activation_sums(bar) if passes_ == 3 else None
                 weights, cache = self._global_weights(bar, extras, sums)
+                self._forget_predicted()
                 cached = cache is not None
                 self._save_state(weights)
                 self._map_pass(bar, heat, weights, cache)
@@ -228,6 +233,7 @@ class _Scene:
                 self._check_region()
         finally:
             bar.close()
+            self._forget_predicted()
         if self.heat_peak == 0 and self.resume_row == 0:  # (a resumed run replays part)
             raise GeocamError(
                 f"the maps of {', '.join(self.class_names)} at layer {self.layer!r} are zero "
@@ -285,7 +291,8 @@ class _Scene:
 
         Region pixels are counted in the cores, so each scene pixel counts once.
         """
-        images, valid, region = self._batch(tiles, core=core)
+        images, valid = self._batch(tiles, core=core)
+        region = self._region(tiles)
         grads = layer_gradients(
             self.model, images, self.classes, self.layer,
             region=region, valid=valid, options=self.options,
@@ -300,7 +307,14 @@ class _Scene:
         return list(zip(signed, grads.output, strict=True))
 
     def _activation_sums(self, bar: tqdm[None]) -> torch.Tensor:
-        """Pass 0 of Grad-CAM++: per-channel activation sums over the scene, each cell once."""
+        """Pass 0 of Grad-CAM++: per-channel activation sums over the scene, each cell once.
+
+        With the predicted region, each core's prediction is recorded for pass 1
+        (:mod:`geocam.scene.predicted`).
+        """
+        if self.explanation.region == "predicted":
+            grid = self.source.grid
+            self._predicted = PredictedRegion(len(self.classes), grid.height, grid.width)
         total: torch.Tensor | None = None
         for group in self._groups():
             tiles = [t for t in group if not t.skipped]
@@ -312,13 +326,26 @@ class _Scene:
         return total
 
     def _activation_sum_parts(self, tiles: Sequence[Tile]) -> list[torch.Tensor]:
-        images, _, _ = self._batch(tiles, core=False)
+        images, valid = self._batch(tiles, core=False)
         acts, output = layer_activations(self.model, images, self.layer, self.options)
         self._check_output(images, output)
+        if self._predicted is not None:  # each core's own prediction, for pass 1
+            table = class_table(self.classes, len(tiles), output.device)
+            options = self.options
+            region = region_weights(
+                "predicted", output, table, valid=valid,
+                activation=options.activation, threshold=options.threshold,
+            )  # fmt: skip
+            for tile, weights in zip(tiles, region.cpu().numpy(), strict=True):
+                core = self.layout.core(tile.window)
+                top = int(core.row_off - tile.window.row_off)
+                left = int(core.col_off - tile.window.col_off)
+                rows, cols = int(core.height), int(core.width)
+                self._predicted.record(core, weights[:, top : top + rows, left : left + cols])
         return list(passes.activation_sums(acts, self._shares(tiles, acts)).cpu())
 
     def _activations(self, tiles: Sequence[Tile]) -> list[torch.Tensor]:
-        images, _, _ = self._batch(tiles, core=False)
+        images, _ = self._batch(tiles, core=False)
         acts, _ = layer_activations(self.model, images, self.layer, self.options)
         return list(acts)
 
@@ -475,21 +502,31 @@ class _Scene:
 
         return read_ahead(produce(), self.tiling.read_ahead)
 
-    def _batch(
-        self, tiles: Sequence[Tile], *, core: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, Region]:
-        """Images, validity (restricted to the cores with ``core``) and region, on the device."""
+    def _batch(self, tiles: Sequence[Tile], *, core: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and validity (restricted to the cores with ``core``), on the device."""
         images = to_device(torch.from_numpy(np.stack([t.pixels for t in tiles])), self.device)  # type: ignore[misc]
         masks = [t.valid & core_mask(self.layout, t) if core else t.valid for t in tiles]
         valid = torch.from_numpy(np.stack(masks)).to(self.device)  # type: ignore[arg-type]
-        region: Region
-        if self.explanation.region == "predicted":
-            region = "predicted"
-        elif self.explanation.region == "all":
-            region = "all"
-        else:
-            region = torch.from_numpy(np.stack([t.region for t in tiles])).to(self.device)  # type: ignore[misc]
-        return images, valid, region
+        return images, valid
+
+    def _region(self, tiles: Sequence[Tile]) -> Region:
+        """The region of a batch: a name, or weights read per tile.
+
+        Weights come from a region source, or from the predicted region that Grad-CAM++'s
+        pass 0 recorded.
+        """
+        if self._predicted is not None:
+            shape = self.layout.padded_shape(tiles[0].window)
+            read = [self._predicted.read(t.window, shape) for t in tiles]
+            return torch.from_numpy(np.stack(read)).to(self.device)
+        if self.explanation.region in ("predicted", "all"):
+            return self.explanation.region  # type: ignore[return-value]
+        return torch.from_numpy(np.stack([t.region for t in tiles])).to(self.device)  # type: ignore[misc]
+
+    def _forget_predicted(self) -> None:
+        if self._predicted is not None:
+            self._predicted.close()
+            self._predicted = None
 
     def _cores(self, tiles: Sequence[Tile]) -> torch.Tensor:
         cores = np.stack([core_mask(self.layout, t) for t in tiles])
