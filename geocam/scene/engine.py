@@ -51,7 +51,7 @@ from geocam.scene.options import Explanation, Products, Runtime, Tiling
 from geocam.scene.predicted import PredictedRegion
 from geocam.scene.resume import Checkpoint, plan_resume
 from geocam.scene.specs import ProductSpec, classes_from_probabilities, product_specs
-from geocam.scene.tiles import Tile, core_mask, read_tile, window_key
+from geocam.scene.tiles import Tile, core_in_tile, core_mask, read_tile, window_key
 from geocam.sources import TileSource, read_ahead
 from geocam.tiling import TileLayout
 
@@ -337,11 +337,8 @@ class _Scene:
                 activation=options.activation, threshold=options.threshold,
             )  # fmt: skip
             for tile, weights in zip(tiles, region.cpu().numpy(), strict=True):
-                core = self.layout.core(tile.window)
-                top = int(core.row_off - tile.window.row_off)
-                left = int(core.col_off - tile.window.col_off)
-                rows, cols = int(core.height), int(core.width)
-                self._predicted.record(core, weights[:, top : top + rows, left : left + cols])
+                rows, cols = core_in_tile(self.layout, tile.window)
+                self._predicted.record(self.layout.core(tile.window), weights[:, rows, cols])
         return list(passes.activation_sums(acts, self._shares(tiles, acts)).cpu())
 
     def _activations(self, tiles: Sequence[Tile]) -> list[torch.Tensor]:

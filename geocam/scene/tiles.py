@@ -78,12 +78,17 @@ def read_tile(
     return Tile(window, pixels, np.pad(valid, pad, constant_values=False), weights)
 
 
+def core_in_tile(layout: TileLayout, window: Window) -> tuple[slice, slice]:
+    """The rows and columns of ``window``'s core, in the tile's own coordinates."""
+    core = layout.core(window)
+    top = int(core.row_off - window.row_off)
+    left = int(core.col_off - window.col_off)
+    return slice(top, top + int(core.height)), slice(left, left + int(core.width))
+
+
 def core_mask(layout: TileLayout, tile: Tile) -> np.ndarray:
     """``(Hp, Wp)`` bool: True on the pixels of the tile's core (the scene pixels it owns)."""
     assert tile.valid is not None
-    core = layout.core(tile.window)
     mask = np.zeros(tile.valid.shape, dtype=bool)
-    top = int(core.row_off - tile.window.row_off)
-    left = int(core.col_off - tile.window.col_off)
-    mask[top : top + int(core.height), left : left + int(core.width)] = True
+    mask[core_in_tile(layout, tile.window)] = True
     return mask
