@@ -875,7 +875,7 @@ def test_an_output_name_without_suffix_gets_tif(tmp_path: Path) -> None:
     run = Run.make(tmp_path)
     result = CliRunner().invoke(cli, run.explain("-o", run.out.with_suffix(""), "-q"))
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in run.out.parent.iterdir()) == ["heat.qml", "heat.tif"]
+    assert sorted(p.name for p in run.out.parent.iterdir()) == ["heat.qmd", "heat.qml", "heat.tif"]
 
 
 def test_an_unwritable_output_folder_is_named(

@@ -51,7 +51,7 @@ def test_a_failed_overwrite_keeps_the_earlier_results(
     code, output = invoke(run.explain(*every))
     assert code == 0, output
     before = snapshot(run.out.parent)
-    assert len(before) == 8  # heatmap, probabilities, classes (+ .aux.xml), qml, overlay, ...
+    assert len(before) == 14  # heatmap, probabilities, classes (+ .aux.xml), styles, .qmd, ...
 
     def fail(*_: object, **__: object) -> Path:
         raise OSError(errno.EFBIG, "File too large")
@@ -75,7 +75,8 @@ def test_files_named_like_scratch_files_are_left_alone(tmp_path: Path) -> None:
     assert user.read_bytes() == kept
     names = sorted(p.name for p in run.out.parent.iterdir())
     assert names == [
-        "heat.qml", "heat.tif", "heat.tif.partial", "heat_classes.tif", "heat_classes.tif.aux.xml",
+        "heat.qmd", "heat.qml", "heat.tif", "heat.tif.partial", "heat_classes.qmd",
+        "heat_classes.qml", "heat_classes.tif", "heat_classes.tif.aux.xml",
     ]  # fmt: skip
 
 
