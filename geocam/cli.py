@@ -230,6 +230,12 @@ MODEL_HELP = (
 @click.option("--quicklook", is_flag=True, help="Also write a PNG quicklook.")
 @click.option("--hotspots", is_flag=True, help="Also write hotspot polygons.")
 @click.option(
+    "--qgis-project",
+    is_flag=True,
+    help="Also write a QGIS project (OUT.qgz): source image, styled heatmaps, hotspots, class "
+    "map and region outline.",
+)
+@click.option(
     "--hotspot-format", type=click.Choice(["gpkg", "geojson"]), default="gpkg", show_default=True
 )
 @click.option(
@@ -253,7 +259,8 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
             precision: str, weights: str, resolution: str, score: str,
             threshold: float | None, nodata: float | None,
             probabilities: bool, class_map: bool, cog: bool, qml: bool, overlay: bool,
-            quicklook: bool, hotspots: bool, hotspot_format: str, hotspot_threshold: str,
+            quicklook: bool, hotspots: bool, qgis_project: bool, hotspot_format: str,
+            hotspot_threshold: str,
             overwrite: bool, resume: bool,
             quiet: bool, verbose: bool) -> None:  # fmt: skip
     """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
@@ -284,15 +291,15 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
         threshold_percentile(hotspot_threshold)  # a bad rule fails now, not after the run
     source: str | Path = sources[0]
     rgb = tuple(preset.rgb or (1, 2, 3))
-    if quicklook:  # checked before the run; without bands the network reads every band
+    if quicklook or qgis_project:  # checked before the run; without bands: every band
         every = (tuple(range(1, preset.spec.in_channels + 1)),)
         source, rgb = composite_source(sources, preset.spec.bands or every, rgb)
-    class_map = class_map or (quicklook and region == "predicted")  # the quicklook's outline
+    class_map = class_map or ((quicklook or qgis_project) and region == "predicted")  # outline
     gis = GisOptions(
         qml=qml, overlay=overlay, quicklook=quicklook, hotspots=hotspots,
         hotspot_threshold=hotspot_threshold, hotspot_format=hotspot_format,
         classes=tuple(preset.spec.classes[preset.spec.class_index(c)] for c in unique),
-        probabilities=probabilities, class_map=class_map, cog=cog,
+        probabilities=probabilities, class_map=class_map, cog=cog, qgis_project=qgis_project,
     )  # fmt: skip
     explanation = Explanation(
         classes=classes,
@@ -371,7 +378,7 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
 def layers(config: Path | None, model_source: str | None, show_all: bool) -> None:
     """List candidate target layers: name, type, layout, channels, stride."""
     from geocam.config import open_preset
-    from geocam.layers import default_layer, list_layers
+    from geocam.layers import default_layer, fixed_tile, list_layers
     from geocam.models import build_model
 
     preset, source = open_preset(config, model_source)
@@ -386,6 +393,9 @@ def layers(config: Path | None, model_source: str | None, show_all: bool) -> Non
                 f"{info.name:<48} {info.kind:<20} {info.layout:<10} {info.channels:>8} "
                 f"{stride:>6}{mark}"
             )
+    fixed = fixed_tile(model)
+    if fixed is not None:  # explain would fail at any other size: say so now
+        click.echo(f"this network takes {fixed} x {fixed} tiles: use --tile {fixed}")
 
 
 @cli.command()

@@ -591,6 +591,23 @@ def write_quicklook(
     return out
 
 
+def stretch_limits(
+    source: str | Path, bands: Sequence[int], max_side: int = 1024
+) -> list[tuple[float, float]]:
+    """The 2nd and 98th percentiles of ``bands`` (valid pixels, at most ``max_side`` a side)."""
+    with rasterio.open(source) as src:
+        factor = max(1, int(np.ceil(max(src.width, src.height) / max_side)))
+        shape = (-(-src.height // factor), -(-src.width // factor))
+        values = src.read(list(bands), out_shape=(len(bands), *shape))
+        valid = src.dataset_mask(out_shape=shape) > 0
+    limits = []
+    for band in values:
+        chosen = band[valid]
+        low, high = np.percentile(chosen, [2, 98]) if chosen.size else (0.0, 1.0)
+        limits.append((float(low), float(high) if high > low else float(low) + 1))
+    return limits
+
+
 def stretch(composite: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """A 2-98 % percentile stretch of each band to 0..1; nodata white."""
     out = np.ones((*composite.shape[1:], 3), dtype=np.float32)
@@ -621,6 +638,7 @@ class GisOptions:
     probabilities: bool = False
     class_map: bool = False
     cog: bool = False
+    qgis_project: bool = False
 
 
 def slug(name: str) -> str:
@@ -663,6 +681,9 @@ def gis_paths(heatmap: Path, options: GisOptions) -> dict[str, Path]:
             paths[f"hotspots_qml{key}"] = folder / f"{stem}{infix}_hotspots.qml"
     if options.quicklook:
         paths["quicklook"] = heatmap.with_suffix(".png")
+    if options.qgis_project:
+        paths["region"] = folder / f"{stem}_region.gpkg"
+        paths["qgis_project"] = heatmap.with_suffix(".qgz")
     return paths
 
 
@@ -769,9 +790,47 @@ def write_gis_products(
                 heatmap, source, paths["quicklook"], rgb=rgb, band=class_bands(options)[0][1],
                 region=region, overwrite=overwrite, destination=destination,
             )  # fmt: skip
+        if "qgis_project" in paths:
+            _project(heatmap, source, options, paths, rgb, region, put)
         if own:
             destination.commit()
     return paths
+
+
+def _project(
+    heatmap: Path,
+    source: str | Path,
+    options: GisOptions,
+    paths: Mapping[str, Path],
+    rgb: Sequence[int],
+    region: Callable[[Grid], np.ndarray] | None,
+    put: Put,
+) -> None:
+    """The region's outline and the ``.qgz`` project showing every product."""
+    from geocam.qgis_project import write_qgis_project, write_region_outline
+
+    several = len(options.classes) > 1
+    write_region_outline(
+        region, heatmap, paths["region"], put.overwrite, destination=put.destination
+    )
+    bands = class_bands(options)
+    hotspots = [
+        (name, paths[f"hotspots:{name}" if several else "hotspots"])
+        for name, _, _ in bands
+        if (f"hotspots:{name}" if several else "hotspots") in paths
+    ]
+    class_map, names = None, ()
+    candidate = heatmap.with_name(f"{heatmap.stem}_classes{heatmap.suffix}")
+    if options.class_map:
+        class_map = candidate
+        with rasterio.open(_reading(candidate, put.destination)) as dataset:
+            names = tuple(dataset.tags(1).get("CLASS_NAMES", "").split(","))
+    write_qgis_project(
+        heatmap, paths["qgis_project"], source=source, rgb=rgb,
+        classes=[(name or "heat", band) for name, band, _ in bands], hotspots=hotspots,
+        class_map=class_map, class_names=names, region_outline=paths["region"],
+        overwrite=put.overwrite, destination=put.destination,
+    )  # fmt: skip
 
 
 def composite_source(

@@ -11,7 +11,8 @@ Jobs (``op``):
   (their extents in the CRS of the layer ``in_crs_of``, when given).
 - ``render``: draw ``layers`` (bottom first; ``rgb`` makes a raster an RGB composite) on the
   extent and grid of the first one, ``width`` x ``height`` pixels, to the PNG ``out``.
-- ``project``: read the ``.qgz``/``.qgs`` at ``path``; its CRS and every layer's validity.
+- ``project``: read the ``.qgz``/``.qgs`` at ``path``; its CRS and every layer's validity; with
+  ``out``, render its visible layers on its first raster's extent, ``width`` pixels wide.
 """
 
 from __future__ import annotations
@@ -143,6 +144,21 @@ def project(job: dict[str, Any]) -> dict[str, Any]:
     root = instance.layerTreeRoot()
     order = [node.layerId() for node in root.findLayers()]
     layers = instance.mapLayers()
+    if job.get("out"):
+        shown = [layers[i] for i in order if root.findLayer(i).isVisible()]
+        rasters = [layer for layer in shown if isinstance(layer, QgsRasterLayer)]
+        box = rasters[0].extent()
+        settings = QgsMapSettings()
+        settings.setLayers(shown)
+        settings.setDestinationCrs(instance.crs())
+        settings.setExtent(box)
+        height = round(job["width"] * box.height() / box.width())
+        settings.setOutputSize(QSize(job["width"], height))
+        settings.setBackgroundColor(QColor(255, 255, 255))
+        drawing = QgsMapRendererSequentialJob(settings)
+        drawing.start()
+        drawing.waitForFinished()
+        drawing.renderedImage().save(job["out"], "PNG")
     return {
         "read": bool(read),
         "crs_wkt": instance.crs().toWkt(),

@@ -74,7 +74,7 @@ def explain(folder: Path, sources: list[Path], config: str, *extra: str) -> Path
     result = CliRunner().invoke(cli, [
         "explain", *map(str, sources), "-c", str(ROOT / "configs" / config), "-o",
         str(folder / "heat.tif"), "--tile", "256", "--overlap", "64", "--hotspots", "--overlay",
-        "--probabilities", "--class-map", "-q", *extra,
+        "--probabilities", "--class-map", "--qgis-project", "-q", *extra,
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     return folder / "heat.tif"
@@ -217,3 +217,44 @@ def test_hotspots_are_styled_and_inside_the_raster(
 def test_cog_overlay_renders_without_a_style(raleigh: Path) -> None:
     (overlay,) = qgis({"op": "layer", "path": str(raleigh.with_name("heat_overlay.tif"))})
     assert overlay["valid"] and overlay["renderer"] == "multibandcolor"
+
+
+@pytest.mark.parametrize("scene", ["pucallpa", "raleigh"])
+def test_project_opens_with_every_layer_valid(
+    scene: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    heatmap: Path = request.getfixturevalue(scene)
+    import zipfile
+
+    with zipfile.ZipFile(heatmap.with_suffix(".qgz")) as archive:
+        (name,) = archive.namelist()
+        text = archive.read(name).decode()
+    sources = [s.split("</datasource>")[0] for s in text.split("<datasource>")[1:]]
+    assert len(sources) == 5 and all(s.startswith(("./", "../")) for s in sources)  # relative
+    screenshot = tmp_path / "project.png"
+    (project,) = qgis(
+        {"op": "project", "path": str(heatmap.with_suffix(".qgz")), "out": str(screenshot),
+         "width": 900}
+    )  # fmt: skip
+    assert project["read"]
+    layers = project["layers"]
+    assert [layer["name"] for layer in layers] == [
+        "region", f"{heatmap_class(heatmap)} hotspots", f"{heatmap_class(heatmap)} Grad-CAM",
+        "predicted classes", "source",
+    ]  # fmt: skip
+    assert all(layer["valid"] for layer in layers), layers
+    assert [layer["renderer"] for layer in layers] == [
+        "singleSymbol", "singleSymbol", "singlebandpseudocolor", "paletted", "multibandcolor",
+    ]  # fmt: skip
+    assert [layer["visible"] for layer in layers] == [True, True, True, False, True]
+    with rasterio.open(heatmap) as heat:
+        assert rasterio.crs.CRS.from_wkt(project["crs_wkt"]) == heat.crs
+        assert layers[2]["extent"] == pytest.approx(list(heat.bounds))
+    assert screenshot.stat().st_size > 10_000
+    if scene == "pucallpa" and os.environ.get("GEOCAM_UPDATE_FIGURES"):
+        shutil.copyfile(screenshot, FIGURE)  # the README's screenshot
+
+
+def heatmap_class(heatmap: Path) -> str:
+    with rasterio.open(heatmap) as heat:
+        return heat.tags()["GEOCAM_CLASSES"]
