@@ -267,7 +267,7 @@ def starter_preset(source: ModelSource, sidecar: str | Path | None, out: Path) -
     ``bands``) adds normalisation, class names and bands; ONNX files' Deepness metadata is used
     already. Lines the user must fill in end with ``# FILL IN``.
     """
-    from geocam.layers import default_layer, fixed_tile
+    from geocam.layers import default_layer, fixed_tile, list_layers
 
     extra = read_sidecar(Path(sidecar)) if sidecar is not None else {}
     in_channels = source.in_channels or source.spec(None).in_channels
@@ -305,14 +305,31 @@ def starter_preset(source: ModelSource, sidecar: str | Path | None, out: Path) -
         lines.append(f"normalisation: {{scale: [{scale}], offset: [{offset}]}}")
     else:
         lines.append(
-            "normalisation: {mean: [" + ", ".join(["0"] * in_channels) + "], std: ["
-            + ", ".join(["1"] * in_channels) + "]}  # FILL IN: the training normalisation"
+            "normalisation: {mean: ["
+            + ", ".join(["0"] * in_channels)
+            + "], std: ["
+            + ", ".join(["1"] * in_channels)
+            + "]}  # FILL IN: the training normalisation"
         )
     lines.append(f"layer: {layer}")
     fixed = fixed_tile(source.model)
     if fixed is not None:
-        lines += [f"tile: {fixed}  # the network takes only this size", f"overlap: {fixed // 4}"]
+        strides = {i.name: int(i.stride) for i in list_layers(source.model, in_channels)}
+        overlap = fixed_overlap(fixed, max(strides.values()), strides.get(layer, 1))
+        lines += [f"tile: {fixed}  # the network takes only this size", f"overlap: {overlap}"]
     return "\n".join(lines) + "\n"
+
+
+def fixed_overlap(tile: int, multiple: int, stride: int) -> int:
+    """An overlap for a network that takes one tile size, on the network's cell grid.
+
+    ``tile - overlap`` is a multiple of the network's input ``multiple`` (tiles share its
+    cells); the overlap is at least a quarter of the tile and twice the layer's ``stride`` (no
+    hard cut) where the tile leaves room for that.
+    """
+    want = max(tile // 4, 2 * stride)
+    overlap = tile - (tile - want) // multiple * multiple
+    return overlap if overlap < tile else max(tile - multiple, 0)
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
@@ -327,8 +344,10 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         raise GeocamError(f"--sidecar {path}: expected a JSON object")
     found: dict[str, Any] = {}
     norm = data.get("normalisation") or data.get("normalization") or data.get("norm") or data
-    if isinstance(norm, dict) and isinstance(norm.get("mean"), list) and isinstance(
-        norm.get("std"), list
+    if (
+        isinstance(norm, dict)
+        and isinstance(norm.get("mean"), list)
+        and isinstance(norm.get("std"), list)
     ):
         found["normalisation"] = Normalisation.mean_std(norm["mean"], norm["std"])
     classes = data.get("classes") or data.get("class_names") or data.get("labels")

@@ -45,6 +45,9 @@ class TileLayout:
     """Pixels at a tile edge facing another tile that get no weight (at most half of each
     overlap): the scene engine sets half the target layer's stride there, the band in which
     bilinear upsampling of a tile's map clamps at the tile's edge for want of the next cell."""
+    fixed: int | None = None
+    """The one square input size the network takes (Swin's 224), if it takes no other: a
+    scene smaller than it is padded up to it."""
 
     def __post_init__(self) -> None:
         _check_positive(self.multiple, "the network's input multiple", "check the model")
@@ -89,8 +92,11 @@ class TileLayout:
         overlap: int = 128,
         multiple: int = 32,
         margin: int = 0,
+        fixed: int | None = None,
     ) -> TileLayout:
         """Lay out tiles of side ``tile`` (rounded up to ``multiple``) overlapping by ``overlap``.
+
+        ``fixed``: the one input size the network takes, if any (see :attr:`fixed`).
 
         Raises :class:`GeocamError` naming the offending option when the numbers cannot work.
         """
@@ -99,7 +105,8 @@ class TileLayout:
         )
         _check_positive(multiple, "the network's input multiple", "check the model")
         _check_positive(tile, "Tiling.tile", "raise Tiling.tile")
-        return cls(height, width, -(-tile // multiple) * multiple, overlap, multiple, margin)
+        tile = -(-tile // multiple) * multiple
+        return cls(height, width, tile, overlap, multiple, margin, fixed)
 
     @property
     def stride(self) -> int:
@@ -149,10 +156,13 @@ class TileLayout:
         """The network input size for ``window``: each side rounded up to ``multiple``.
 
         A window is already ``tile`` (a multiple) unless the scene is smaller than the tile; the
-        scene engine reflect-pads the tile to this shape and crops the output back.
+        scene engine reflect-pads the tile to this shape and crops the output back. A network
+        that takes one size only (:attr:`fixed`) gets at least that size.
         """
-        m = self.multiple
-        return -(-int(window.height) // m) * m, -(-int(window.width) // m) * m
+        m, least = self.multiple, self.fixed or 0
+        height = -(-int(window.height) // m) * m
+        width = -(-int(window.width) // m) * m
+        return max(height, least), max(width, least)
 
     def blend_weights(self, window: Window) -> np.ndarray:
         """Per-pixel blend weights of ``window``'s tile, ``(height, width)`` float32.

@@ -41,7 +41,7 @@ from geocam.cam import (
 )
 from geocam.device import BatchSizer, autocast_dtype, resolve_device, to_device
 from geocam.errors import GeocamError, GeocamWarning
-from geocam.layers import LayerInfo, default_layer, list_layers, resolve_layer
+from geocam.layers import LayerInfo, default_layer, fixed_tile, list_layers, resolve_layer
 from geocam.models import ModelSpec
 from geocam.output import StripSink
 from geocam.region_sources import open_region
@@ -175,6 +175,7 @@ class _Scene:
             self.tiling.overlap,
             multiple,
             margin=-(-self.stride // 2),
+            fixed=fixed_tile(self.model),  # a scene smaller than Swin's 224 is padded to it
         )
         _warn_hard_cuts(self.layout, self.stride)
         self.windows = self.layout.windows()
