@@ -464,6 +464,15 @@ def models() -> None:
         click.echo(f"{name:<12} {factory.__module__}.{factory.__qualname__}")
 
 
+def _add_batch() -> None:
+    from geocam.batch.command import batch  # click only: --help stays instant
+
+    cli.add_command(batch)
+
+
+_add_batch()
+
+
 def main() -> None:
     """Entry point of the ``geocam`` command; SIGTERM stops it like Ctrl-C (resumable)."""
     import signal

@@ -1,0 +1,162 @@
+"""The batch on Dask: a local cluster of worker processes, or an existing scheduler.
+
+Each scene is one future (``client.submit(..., pure=False, retries=...)``) running
+:func:`geocam.batch.run.explain_one`; the task carries the small :class:`ModelConfig`, never
+the network. A :class:`ModelPlugin` (named by the config's hash, so registering it again
+changes nothing) builds the network once per worker process when the worker starts or joins;
+a task finds it there. GPU tasks ask for ``resources={"GPU": 1}`` on the future itself (resource
+annotations on graphs are dropped by fusion), and a batch asking for a resource fails at once
+when no worker advertises it. A task whose worker dies is run again elsewhere: it writes its
+scene's files under scratch names and renames them together, so a retry leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from distributed import WorkerPlugin
+
+from geocam.batch.run import ModelConfig, SceneResult, Task, error_line, explain_one, load
+from geocam.errors import GeocamError
+
+if TYPE_CHECKING:
+    from distributed import Client, Worker
+
+
+class ModelPlugin(WorkerPlugin):
+    """Builds the batch's network once in each worker process (see :func:`load`)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.name = f"geocam-model-{config.key()}"
+
+    def setup(self, worker: Worker) -> None:
+        """Build the network now, before the first task needs it (cached per process)."""
+        load(self.config)
+
+
+def explain_on_worker(task: Task, config: ModelConfig) -> SceneResult:
+    """:func:`explain_one` on a Dask worker, recording the worker's address."""
+    from distributed import get_worker
+
+    return explain_one(task, config, where=get_worker().address)
+
+
+def worker_loads() -> dict[str, int]:
+    """How many times each model was built in this worker process (for tests and checks)."""
+    from geocam.batch.run import LOADS
+
+    return dict(LOADS)
+
+
+class DaskExecutor:
+    """Runs a batch's scenes as futures on a Dask cluster."""
+
+    def __init__(
+        self,
+        client: Client,
+        description: str,
+        *,
+        resources: Mapping[str, float] | None = None,
+        retries: int = 2,
+    ) -> None:
+        self.client = client
+        self.description = description
+        self.resources = dict(resources or {})
+        self.retries = retries
+
+    def check_resources(self, timeout: float = 60) -> None:
+        """Wait for a worker; fail in one line if none advertises the resources asked for."""
+        try:
+            self.client.wait_for_workers(1, timeout=timeout)
+        except (TimeoutError, OSError):
+            raise GeocamError(f"no Dask worker joined the cluster within {timeout:.0f} s") from None
+        if not self.resources:
+            return
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        if not any(
+            all(w.get("resources", {}).get(k, 0) >= v for k, v in self.resources.items())
+            for w in workers
+        ):
+            wanted = ",".join(f"{k}={v:g}" for k, v in self.resources.items())
+            raise GeocamError(
+                f"no Dask worker advertises the resources {wanted}; start workers with "
+                f"`dask worker ADDRESS --resources {wanted}` (one per GPU, CUDA_VISIBLE_DEVICES)"
+            )
+
+    def run(self, tasks: Sequence[Task], config: ModelConfig) -> Iterator[SceneResult]:
+        """Submit every task as a future and yield results as they complete."""
+        from distributed import as_completed
+
+        self.check_resources()
+        self.client.register_plugin(ModelPlugin(config))
+        futures = {
+            self.client.submit(
+                explain_on_worker,
+                task,
+                config,
+                key=f"geocam-{task.name}-{task.fingerprint[:12]}",
+                pure=False,
+                retries=self.retries,
+                resources=self.resources or None,
+            ): task
+            for task in tasks
+        }
+        try:
+            for future in as_completed(futures):  # type: ignore[no-untyped-call]
+                task = futures[future]
+                try:
+                    result: SceneResult = future.result()
+                except Exception as error:  # the task itself was lost (its workers died)
+                    result = SceneResult(task.name, list(task.job.sources), "failed")
+                    result.error, result.fingerprint = error_line(error), task.fingerprint
+                yield result
+        finally:
+            for future in futures:
+                future.release()  # type: ignore[no-untyped-call]
+
+
+@contextlib.contextmanager
+def dask_executor(
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    resources: Mapping[str, float] | None = None,
+    retries: int = 2,
+) -> Iterator[DaskExecutor]:
+    """A :class:`DaskExecutor` on a new local cluster of ``workers`` processes, or on ``scheduler``.
+
+    A local cluster listens on 127.0.0.1 only, runs one thread per worker and, with
+    ``resources``, advertises them on every worker (they share this machine's devices).
+    """
+    from distributed import Client, LocalCluster
+
+    cluster: Any = None
+    try:
+        if scheduler is not None:
+            try:
+                client = Client(scheduler, timeout="30s")  # type: ignore[no-untyped-call]
+            except (OSError, TimeoutError, ValueError) as error:
+                raise GeocamError(f"--scheduler {scheduler}: cannot connect ({error})") from None
+            description = f"dask scheduler {scheduler}"
+        else:
+            count = workers or 1
+            cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=count,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+                resources=dict(resources) if resources else None,
+            )
+            client = Client(cluster)  # type: ignore[no-untyped-call]
+            description = f"local dask cluster, {count} worker(s)"
+        with client:
+            yield DaskExecutor(client, description, resources=resources, retries=retries)
+    finally:
+        if cluster is not None:
+            cluster.close()
