@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +252,15 @@ MODEL_HELP = (
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option("--verbose", "-v", is_flag=True, help="Progress bar even when not on a terminal.")
+@click.option(
+    "--progress",
+    "progress_format",
+    type=click.Choice(["bar", "json"]),
+    default="bar",
+    show_default=True,
+    help="json: instead of the bar, one line per tile on stderr, e.g. "
+    '{"pass": 1, "passes": 2, "done": 3, "total": 8} (tiles of that pass).',
+)
 def explain(sources: tuple[str, ...], config: Path | None, model_source: str | None,
             classes: tuple[str, ...], out: Path,
             region: str, where: str | None, method: str | None, layer: str | None,
@@ -262,7 +271,7 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
             quicklook: bool, hotspots: bool, qgis_project: bool, hotspot_format: str,
             hotspot_threshold: str,
             overwrite: bool, resume: bool,
-            quiet: bool, verbose: bool) -> None:  # fmt: skip
+            quiet: bool, verbose: bool, progress_format: str) -> None:  # fmt: skip
     """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
     from geocam.config import open_preset
     from geocam.errors import GeocamError
@@ -336,7 +345,11 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
             runtime=Runtime(
                 device=device,
                 precision=precision,  # type: ignore[arg-type]
-                progress=False if quiet else (True if verbose else None),
+                progress=(
+                    json_progress(explanation.passes)
+                    if progress_format == "json"
+                    else (False if quiet else (True if verbose else None))
+                ),
             ),
             products=products,
             nodata=nodata,
@@ -369,6 +382,52 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
         )
         if report.resumed_from_row:
             click.echo(f"resumed: rows above {report.resumed_from_row} came from the earlier run")
+
+
+def json_progress(passes: int) -> Callable[[int, int], None]:
+    """A progress callback printing one JSON line per tile: pass, tiles done of that pass."""
+    import json
+
+    def report(done: int, total: int) -> None:
+        per = max(total // max(passes, 1), 1)
+        index = min(done // per + (done % per > 0), passes) if done else 1
+        line = {"pass": index, "passes": passes, "done": done - (index - 1) * per, "total": per}
+        click.echo(json.dumps(line), err=True)
+
+    return report
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, required=True, help="Describe as JSON.")
+def describe(as_json: bool) -> None:
+    """Describe geocam's commands and their parameters (for GUIs such as the QGIS provider)."""
+    import json
+
+    from geocam.describe import describe_cli
+
+    click.echo(json.dumps(describe_cli(cli), indent=1))
+
+
+@cli.group()
+def qgis() -> None:
+    """QGIS integration: the Processing provider that runs geocam from inside QGIS."""
+
+
+@qgis.command("install")
+@click.option(
+    "--profile",
+    type=click.Path(path_type=Path),
+    help="QGIS profile folder [default: ~/.local/share/QGIS/QGIS3/profiles/default].",
+)
+@click.option(
+    "--executable", help="The geocam executable QGIS runs [default: this one, found on PATH]."
+)
+def qgis_install(profile: Path | None, executable: str | None) -> None:
+    """Install the geocam Processing provider into a QGIS profile and enable it."""
+    from geocam.qgis_install import install
+
+    plugin = install(profile, executable, cli)
+    click.echo(f"installed: {plugin} (restart QGIS; Processing Toolbox > geocam)")
 
 
 @cli.command()

@@ -179,7 +179,18 @@ def project(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-OPS = {"layer": describe, "render": render, "project": project}
+def provider(job: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of the installed provider's algorithms (plugin folder ``plugins``)."""
+    sys.path.insert(0, job["plugins"])
+    from geocam_provider.provider import GeocamProvider
+
+    registry = QgsApplication.processingRegistry()
+    registry.addProvider(GeocamProvider())
+    algorithm = registry.algorithmById("geocam:explain")
+    return {"explain": [p.name() for p in algorithm.parameterDefinitions()]}
+
+
+OPS = {"layer": describe, "render": render, "project": project, "provider": provider}
 
 
 def main() -> None:

@@ -214,6 +214,8 @@ class _Scene:
             disable=not _show_progress(self.runtime.progress),
             desc="geocam",
         )
+        if callable(self.runtime.progress):  # tiles done and total, after every update
+            bar.update = _reporting(bar, self.runtime.progress)  # type: ignore[method-assign]
         cached = False
         try:
             if self.scene_weights and state is not None:  # pass 1 was finished and stored
@@ -731,5 +733,19 @@ def _warn_hard_cuts(layout: TileLayout, stride: int) -> None:
     )
 
 
-def _show_progress(progress: bool | None) -> bool:
+def _show_progress(progress: bool | Callable[[int, int], None] | None) -> bool:
+    if callable(progress):
+        return False
     return sys.stderr.isatty() if progress is None else progress
+
+
+def _reporting(bar: tqdm[None], report: Callable[[int, int], None]) -> Callable[..., bool | None]:
+    """``bar.update`` that also calls ``report(done, total)`` (a disabled bar counts nothing)."""
+    update, done = bar.update, [0]
+
+    def reporting(n: float | None = 1) -> bool | None:
+        done[0] += int(n or 0)
+        report(done[0], int(bar.total or 0))
+        return update(n)
+
+    return reporting

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias
 
@@ -82,13 +83,16 @@ class Tiling:
 class Runtime:
     """Where and how the network runs; ``progress`` None shows a bar only on a terminal.
 
+    A callable ``progress`` is called with the tiles done and the total (every pass's tiles)
+    instead of showing a bar.
+
     ``gdal_cache_mb`` caps GDAL's block cache while a scene is read, which otherwise grows
     towards 5 % of the machine's memory on a large scene (blocks read once stay cached).
     """
 
     device: str = "auto"
     precision: Precision = "fp32"
-    progress: bool | None = None
+    progress: bool | Callable[[int, int], None] | None = None
     gdal_cache_mb: int = 256
 
 
