@@ -91,7 +91,6 @@ class DaskExecutor:
         """Submit every task as a future and yield results as they complete."""
         from distributed import as_completed
 
-        self.check_resources()
         self.client.register_plugin(ModelPlugin(config))
         futures = {
             self.client.submit(
@@ -156,7 +155,9 @@ def dask_executor(
             client = Client(cluster)  # type: ignore[no-untyped-call]
             description = f"local dask cluster, {count} worker(s)"
         with client:
-            yield DaskExecutor(client, description, resources=resources, retries=retries)
+            executor = DaskExecutor(client, description, resources=resources, retries=retries)
+            executor.check_resources()  # before anything is written
+            yield executor
     finally:
         if cluster is not None:
             cluster.close()

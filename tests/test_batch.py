@@ -1,0 +1,293 @@
+"""geocam batch: manifests, idempotent reruns, bad scenes, and the same bytes on Dask workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+from conftest import tiny_preset
+from rasterio.transform import from_origin
+from safetensors.torch import save_file
+
+from geocam import build_model, load_config
+from geocam.batch.manifest import read_manifest
+from geocam.cli import cli
+
+SIZES = [(80, 96), (72, 64), (64, 100)]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small 3-band scenes in UTM 17N and a tiny preset with a saved checkpoint."""
+    root = tmp_path_factory.mktemp("batch")
+    config = root / "tiny.yaml"
+    config.write_text(tiny_preset())
+    torch.manual_seed(0)
+    model = build_model(load_config(config).spec)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "tiny.safetensors")
+    config.write_text(tiny_preset() + "checkpoint: tiny.safetensors\n")
+    rng = np.random.default_rng(0)
+    for i, (height, width) in enumerate(SIZES):
+        transform = from_origin(500000 + 5000 * i, 4000000, 30, 30)
+        with rasterio.open(
+            root / f"s{i}.tif", "w", driver="GTiff", width=width, height=height, count=3,
+            dtype="uint8", crs="EPSG:32617", transform=transform,
+        ) as dataset:  # fmt: skip
+            dataset.write(rng.integers(0, 255, (3, height, width), dtype=np.uint8))
+    (root / "bad.tif").write_text("not a raster")
+    return root
+
+
+def invoke(*args: str | Path) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def batch(
+    world: Path, out: Path, *args: str | Path
+) -> tuple[int, str, dict[str, dict[str, object]]]:
+    """Run ``geocam batch`` in this process; the summary's scenes by name."""
+    code, output = invoke("batch", *args, "-c", world / "tiny.yaml", "--class", "water", "-o", out)
+    summary = json.loads((out / "geocam_batch.json").read_text()) if out.is_dir() else {}
+    return code, output, {s["name"]: s for s in summary.get("scenes", [])}
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Scratch, lock, journal and temporary files: none may stay after a batch."""
+    return [
+        p for p in folder.rglob("*")
+        if p.name.endswith((".partial", ".lock", ".resume", ".tmp")) or ".partial." in p.name
+    ]  # fmt: skip
+
+
+def test_help_imports_neither_torch_nor_dask() -> None:
+    code = "import sys, geocam.cli; sys.exit('torch' in sys.modules or 'dask' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert invoke("batch", "--help")[0] == 0
+
+
+def test_manifests_csv_and_json_lines(tmp_path: Path) -> None:
+    csv = tmp_path / "scenes.csv"
+    csv.write_text(
+        "sources,name,class,region\na.tif;b.tif,pair,water;land,mask:masks/m.tif\n/data/c.tif,,,\n"
+    )
+    first, second = read_manifest(csv)
+    assert first.sources == (str(tmp_path / "a.tif"), str(tmp_path / "b.tif"))
+    assert first.name == "pair" and first.classes == ("water", "land")
+    assert first.region == f"mask:{tmp_path / 'masks' / 'm.tif'}"
+    assert second.sources == ("/data/c.tif",) and second.name == "c" and second.region is None
+    lines = tmp_path / "scenes.jsonl"
+    lines.write_text(
+        '# a comment\n\n{"sources": ["x.tif", "y.tif"], "name": "xy"}\n{"source": "z.tif", '
+        '"class": "water", "region": "vector:v.gpkg:fields", "where": "crop=rice"}\n'
+    )
+    xy, z = read_manifest(lines)
+    assert xy.sources == (str(tmp_path / "x.tif"), str(tmp_path / "y.tif")) and xy.name == "xy"
+    assert z.classes == ("water",) and z.where == "crop=rice"
+    assert z.region == f"vector:{tmp_path / 'v.gpkg'}:fields"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("m.csv", "sources,name\na.tif,a\n,b\n", "m.csv, row 3: no sources"),
+        ("m.csv", "sources,colour\na.tif,red\n", "m.csv, row 1: unknown column(s) 'colour'"),
+        ("m.csv", "sources,name\na.tif,../up\n", "m.csv, row 2: name '../up' is not a plain"),
+        ("m.jsonl", '{"sources": "a.tif"}\n{"sources": \n', "m.jsonl, line 2: not JSON"),
+        ("m.jsonl", '{"sources": 3}\n', "m.jsonl, line 1: 'sources' must be a path"),
+        ("m.jsonl", '{"sources": "a/s.tif"}\n{"sources": "b/s.tif"}\n', "two scenes are named"),
+    ],
+)
+def test_a_bad_manifest_is_one_line_and_leaves_nothing(
+    world: Path, tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    manifest = tmp_path / name
+    manifest.write_text(text)
+    out = tmp_path / "out"
+    code, output, _ = batch(world, out, "--manifest", manifest)
+    assert code != 0
+    assert output.startswith(f"geocam: error: {message}") and output.count("\n") == 1, output
+    assert not out.exists()
+
+
+def test_a_bad_scene_is_named_and_the_others_finish(world: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, output, scenes = batch(world, out, world / "s0.tif", world / "bad.tif", world / "s1.tif")
+    assert code == 1
+    assert "failed: bad: " in output and "2 done, 0 skipped (up to date), 1 failed" in output
+    assert [s["status"] for s in scenes.values()] == ["done", "failed", "done"]
+    assert "not a readable raster" in str(scenes["bad"]["error"])
+    assert "\n" not in str(scenes["bad"]["error"])
+    for name in ("s0", "s1"):
+        assert scenes[name]["error"] is None and scenes[name]["tiles"] == {"s0": 4, "s1": 2}[name]
+        assert scenes[name]["region_pixels"]["water"] > 0  # type: ignore[index]
+        with (
+            rasterio.open(out / name / f"{name}.tif") as heat,
+            rasterio.open(world / f"{name}.tif") as src,
+        ):
+            assert heat.crs == src.crs and heat.transform == src.transform
+    assert not (out / "bad").exists() and leftovers(out) == []
+
+
+def test_a_rerun_skips_what_is_up_to_date(world: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    scenes_args = (world / "s0.tif", world / "s1.tif")
+    assert batch(world, out, *scenes_args)[0] == 0
+    heat = [out / f"s{i}" / f"s{i}.tif" for i in (0, 1)]
+    before = [p.stat().st_ino for p in heat]
+    code, output, scenes = batch(world, out, *scenes_args)
+    assert code == 0 and "0 done, 2 skipped" in output
+    assert {s["status"] for s in scenes.values()} == {"skipped"}
+    assert [p.stat().st_ino for p in heat] == before  # untouched
+    code, output, scenes = batch(world, out, *scenes_args, "--force")
+    assert code == 0 and "2 done, 0 skipped" in output
+    assert all(p.stat().st_ino != b for p, b in zip(heat, before, strict=True))  # rewritten
+    before = [p.stat().st_ino for p in heat]
+    with rasterio.open(heat[0]) as dataset:
+        fingerprint = dataset.tags()["GEOCAM_JOB_FINGERPRINT"]
+    assert fingerprint == scenes["s0"]["fingerprint"]
+    code, output, scenes = batch(world, out, *scenes_args, "--overlap", "32")  # a new setting
+    assert code == 0 and "2 done, 0 skipped" in output
+    assert scenes["s0"]["fingerprint"] != fingerprint
+    code, output, scenes = batch(world, out, *scenes_args, "--overlap", "32")
+    assert "0 done, 2 skipped" in output
+    (out / "s1" / "s1.qml").unlink()  # an output missing: that scene is redone
+    code, output, scenes = batch(world, out, *scenes_args, "--overlap", "32")
+    assert scenes["s0"]["status"] == "skipped" and scenes["s1"]["status"] == "done"
+    assert (out / "s1" / "s1.qml").is_file() and leftovers(out) == []
+
+
+def test_a_killed_batch_finishes_only_the_remaining_scenes(world: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sources = [str(world / f"s{i}.tif") for i in range(3)]
+    command = [sys.executable, "-m", "geocam", "batch", *sources, "-c", str(world / "tiny.yaml"),
+               "--class", "water", "-o", str(out), "-q"]  # fmt: skip
+    process = subprocess.Popen(command)
+    summary = out / "geocam_batch.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # killed in the middle of a scene, after a first one
+        done = summary.is_file() and json.loads(summary.read_text())["counts"]["done"] >= 1
+        if done and leftovers(out):  # the next scene's journal and scratch files
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = {s["name"] for s in json.loads(summary.read_text())["scenes"]
+                   if s["status"] == "done"}  # fmt: skip
+    assert 1 <= len(done_before) < 3
+    assert leftovers(out)
+    code, _, scenes = batch(world, out, *sources)
+    assert code == 0
+    status = {name: scene["status"] for name, scene in scenes.items()}
+    assert {name for name, s in status.items() if s == "skipped"} == done_before
+    assert {name for name, s in status.items() if s == "done"} == {"s0", "s1", "s2"} - done_before
+    assert leftovers(out) == []
+
+
+@pytest.fixture(scope="module")
+def in_process(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference outputs of the three scenes, in this process."""
+    out = tmp_path_factory.mktemp("reference")
+    assert batch(world, out, world / "s*.tif")[0] == 0
+    return out
+
+
+def same_outputs(a: Path, b: Path) -> None:
+    for i in range(len(SIZES)):
+        for name in (f"s{i}.tif", f"s{i}.qml"):
+            assert (a / f"s{i}" / name).read_bytes() == (b / f"s{i}" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_local_workers_write_the_same_bytes_and_load_the_model_once(
+    world: Path, in_process: Path, tmp_path: Path
+) -> None:
+    from geocam.batch.dask import ModelPlugin, dask_executor, worker_loads
+    from geocam.batch.manifest import scenes_from_arguments
+    from geocam.batch.run import ModelConfig, run_batch
+    from geocam.job import Job
+
+    config = ModelConfig(str(world / "tiny.yaml"), threads=1)
+    template = Job(sources=(), out=Path(), classes=("water",))
+    scenes = scenes_from_arguments([str(world / "s*.tif")])
+    out = tmp_path / "out"
+    with dask_executor(workers=2) as executor:
+        report = run_batch(scenes, template, config, out, executor=executor)
+        executor.client.register_plugin(ModelPlugin(config))  # again: idempotent
+        loads = executor.client.run(worker_loads)
+    assert report.executor == "local dask cluster, 2 worker(s)"
+    assert [s.status for s in report.scenes] == ["done"] * 3
+    workers = [s.worker for s in report.scenes]
+    assert all(str(w).startswith("tcp://127.0.0.1:") for w in workers)
+    assert len(loads) == 2 and all(v == {config.key(): 1} for v in loads.values())
+    assert len(set(workers)) < len(workers)  # a worker ran two scenes with its one model
+    same_outputs(in_process, out)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[str]:
+    """A real ``dask scheduler`` and one ``dask worker --resources GPU=1``, on 127.0.0.1."""
+    file = tmp_path / "scheduler.json"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+         "--no-dashboard", "--scheduler-file", str(file)], **quiet,  # type: ignore[call-overload]
+    )  # fmt: skip
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(file.read_text())["address"]
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--host",
+             "127.0.0.1", "--no-dashboard", "--resources", "GPU=1", "--name", "gpu0"],
+            **quiet,  # type: ignore[call-overload]
+        )  # fmt: skip
+        yield address
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+@pytest.mark.slow
+def test_a_scheduler_and_a_gpu_worker_started_apart(
+    world: Path, in_process: Path, cluster: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    code, output, scenes = batch(
+        world, out, world / "s*.tif", "--scheduler", cluster, "--resources", "GPU=1"
+    )
+    assert code == 0, output
+    assert {s["status"] for s in scenes.values()} == {"done"}
+    workers = {s["worker"] for s in scenes.values()}
+    assert len(workers) == 1 and str(workers.pop()).startswith("tcp://127.0.0.1:")
+    same_outputs(in_process, out)
+    code, output, _ = batch(world, tmp_path / "tpu", world / "s0.tif", "--scheduler", cluster,
+                            "--resources", "TPU=1")  # fmt: skip
+    assert code != 0
+    assert output.startswith("geocam: error: no Dask worker advertises the resources TPU=1")
+    assert not (tmp_path / "tpu").exists()
+
+
+def test_workers_and_scheduler_are_exclusive(world: Path, tmp_path: Path) -> None:
+    code, output, _ = batch(world, tmp_path / "o", world / "s0.tif", "--workers", "2",
+                            "--scheduler", "tcp://127.0.0.1:1")  # fmt: skip
+    assert code != 0 and output.startswith("geocam: error: --workers starts a local cluster")
+    assert os.listdir(tmp_path) == []
