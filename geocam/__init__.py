@@ -21,11 +21,12 @@ _EXPORTS = {
         "METHODS", "CamOptions", "CamResult", "LayerGradients", "Method", "channel_weights",
         "combine", "explain", "layer_activations", "layer_gradients", "upsample",
     ],
-    "geocam.config": ["Preset", "load_config"],
+    "geocam.config": ["Preset", "load_config", "open_preset"],
     "geocam.errors": ["GeocamError"],
     "geocam.layers": ["LayerInfo", "default_layer", "list_layers", "resolve_layer"],
     "geocam.models": [
-        "ModelSpec", "Normalisation", "build_model", "load_checkpoint", "model_factories",
+        "ModelSource", "ModelSpec", "Normalisation", "build_model", "load_checkpoint",
+        "model_factories", "open_model",
     ],
     "geocam.raster": ["explain_raster", "explain_xarray"],
     "geocam.regions": ["Box", "Region"],
@@ -44,6 +45,7 @@ __all__ = [
     "LayerGradients",
     "LayerInfo",
     "Method",
+    "ModelSource",
     "ModelSpec",
     "Normalisation",
     "Preset",
@@ -67,6 +69,8 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "model_factories",
+    "open_model",
+    "open_preset",
     "resolve_layer",
     "upsample",
 ]
@@ -94,15 +98,17 @@ if TYPE_CHECKING:
         layer_gradients,
         upsample,
     )
-    from geocam.config import Preset, load_config
+    from geocam.config import Preset, load_config, open_preset
     from geocam.errors import GeocamError
     from geocam.layers import LayerInfo, default_layer, list_layers, resolve_layer
     from geocam.models import (
+        ModelSource,
         ModelSpec,
         Normalisation,
         build_model,
         load_checkpoint,
         model_factories,
+        open_model,
     )
     from geocam.raster import explain_raster, explain_xarray
     from geocam.regions import Box, Region

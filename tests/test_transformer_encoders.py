@@ -257,3 +257,26 @@ def test_init_writes_the_fixed_tile_and_an_overlap_that_explain_takes(swin_hub: 
     code, text = cli("explain", swin_hub / "scene.tif", "-c", preset, "--class", "0", "-o", out)
     assert code == 0, text
     assert "hard cut" not in text and "4 tiles" in text
+
+
+def test_the_library_opens_the_same_preset_and_model_and_writes_the_same_map(
+    swin_hub: Path,
+) -> None:
+    import rasterio
+
+    import geocam
+
+    source, preset_path = scene(swin_hub / "lib.tif", 100, 150), swin_hub / "lib.yaml"
+    assert cli("init", "-m", swin_hub / "hub", "-o", preset_path)[0] == 0
+    code, text = cli("explain", source, "-c", preset_path, "--class", "0", "-o", swin_hub / "a.tif")
+    assert code == 0, text
+    preset, model = geocam.open_preset(preset_path)  # its model: field, relative to the preset
+    assert isinstance(model, geocam.ModelSource) and model.kind == "smp-hub"
+    geocam.explain_raster(
+        source, swin_hub / "b.tif", preset.spec, geocam.Explanation(classes=("class_0",)),
+        tiling=geocam.Tiling(tile=preset.tile, overlap=preset.overlap, batch_size=4),
+        model=model.model, provenance=model.tags(),
+    )  # fmt: skip
+    with rasterio.open(swin_hub / "a.tif") as a, rasterio.open(swin_hub / "b.tif") as b:
+        assert np.array_equal(a.read(), b.read())
+        assert a.tags()["GEOCAM_MODEL_SHA256"] == b.tags()["GEOCAM_MODEL_SHA256"]

@@ -141,8 +141,13 @@ def open_onnx(path: Path) -> ModelSource:
     )
 
 
-def onnx_difference(path: Path, model: torch.nn.Module, images: torch.Tensor) -> float:
-    """Largest |difference| between onnxruntime's output and the converted network's."""
+def onnx_difference(
+    path: Path, model: torch.nn.Module, images: torch.Tensor
+) -> tuple[float, float]:
+    """Largest |difference| between onnxruntime's output and the converted network's.
+
+    Returned with onnxruntime's largest |output|, the scale the difference is relative to.
+    """
     import onnxruntime
 
     from geocam.cam import _main_output
@@ -153,7 +158,8 @@ def onnx_difference(path: Path, model: torch.nn.Module, images: torch.Tensor) ->
     reference = session.run(None, {first.name: images.numpy().astype(dtype)})[0]
     with torch.no_grad():
         ours = _main_output(model(images.float())).numpy()
-    return float(np.abs(ours - reference.astype(np.float32)).max())
+    reference = reference.astype(np.float32)
+    return float(np.abs(ours - reference).max()), float(np.abs(reference).max())
 
 
 def deepness_normalisation(metadata: dict[str, str], bands: int | None) -> Normalisation | None:
@@ -207,8 +213,9 @@ def verify_onnx(source: ModelSource, size: int = 256) -> str:
     size = fixed_tile(source.model) or size
     channels = source.in_channels or infer_in_channels(source.model)
     images = torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(0))
-    difference = onnx_difference(Path(source.location), source.model, images)
+    difference, scale = onnx_difference(Path(source.location), source.model, images)
+    relative = difference / scale if scale > 0 else float("nan")
     return (
         f"verify: onnxruntime vs the converted network, one {size} x {size} tile: "
-        f"max |difference| {difference:.3g}"
+        f"max |difference| {difference:.3g} ({relative:.3g} of the largest output)"
     )
