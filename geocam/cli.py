@@ -275,102 +275,34 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
     """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
     from geocam.config import open_preset
     from geocam.errors import GeocamError
-    from geocam.output import Destination
-    from geocam.products import (
-        GisOptions,
-        composite_source,
-        gis_paths,
-        region_outline,
-        threshold_percentile,
-        write_gis_products,
-    )
-    from geocam.raster import explain_raster, product_paths, run_inputs
-    from geocam.scene import Explanation, Products, Runtime, Tiling, class_code
+    from geocam.job import Job, plan_job, run_job
 
     if out.is_dir():
         raise GeocamError(f"--out {out} is a folder; give a file name, e.g. {out / 'heatmap.tif'}")
     out = out if out.suffix else out.with_suffix(".tif")  # where the heatmap goes
     preset, model = open_preset(config, model_source)
-    if where is not None and not region.startswith("vector:"):
-        raise GeocamError(f"--where {where}: filters a vector region; add --region vector:PATH")
-    unique = tuple(dict.fromkeys(classes))
-    if len(unique) != len(classes):
-        raise GeocamError("--class: a class is named twice; name each class once")
-    if hotspots:
-        threshold_percentile(hotspot_threshold)  # a bad rule fails now, not after the run
-    source: str | Path = sources[0]
-    rgb = tuple(preset.rgb or (1, 2, 3))
-    if quicklook or qgis_project:  # checked before the run; without bands: every band
-        every = (tuple(range(1, preset.spec.in_channels + 1)),)
-        source, rgb = composite_source(sources, preset.spec.bands or every, rgb)
-    class_map = class_map or ((quicklook or qgis_project) and region == "predicted")  # outline
-    gis = GisOptions(
-        qml=qml, overlay=overlay, quicklook=quicklook, hotspots=hotspots,
-        hotspot_threshold=hotspot_threshold, hotspot_format=hotspot_format,
-        classes=tuple(preset.spec.classes[preset.spec.class_index(c)] for c in unique),
-        probabilities=probabilities, class_map=class_map, cog=cog, qgis_project=qgis_project,
+    extra = [("config", config)] if config is not None else []
+    extra += [("model", Path(m.location)) for m in [model] if m and Path(m.location).is_file()]
+    job = Job(
+        sources=tuple(sources), out=out, classes=classes, region=region, where=where,
+        method=method, layer=layer, tile=tile, overlap=overlap, batch_size=batch_size,
+        device=device, precision=precision, weights=weights, resolution=resolution,
+        score=score, threshold=threshold, nodata=nodata, probabilities=probabilities,
+        class_map=class_map, cog=cog, qml=qml, overlay=overlay, quicklook=quicklook,
+        hotspots=hotspots, qgis_project=qgis_project, hotspot_format=hotspot_format,
+        hotspot_threshold=hotspot_threshold, overwrite=overwrite, resume=resume,
+        progress=False if quiet else (True if verbose else None), extra_inputs=tuple(extra),
     )  # fmt: skip
-    explanation = Explanation(
-        classes=classes,
-        method=method or preset.method,  # type: ignore[arg-type]
-        layer=layer,
-        region=region,
-        where=where,
-        weights=weights,  # type: ignore[arg-type]
-        score=score,  # type: ignore[arg-type]
-        threshold=threshold,
+    hook = None
+    if progress_format == "json":
+        hook = json_progress(plan_job(job, preset).explanation.passes)
+    report = run_job(
+        job,
+        preset,
+        model=model.model if model is not None else None,
+        provenance=model.tags() if model is not None else None,
+        progress=hook,
     )
-    products = Products(
-        resolution=resolution,  # type: ignore[arg-type]
-        probabilities=probabilities,
-        class_map=class_map,
-        cog=cog,
-        overwrite=overwrite,
-    )
-    inputs = run_inputs(list(sources), preset.spec, explanation)
-    inputs += [("config", config)] if config is not None else []
-    inputs += [("model", Path(m.location)) for m in [model] if m and Path(m.location).is_file()]
-    outputs = product_paths(out, products) | gis_paths(out, gis)
-    with Destination(outputs, inputs=inputs, overwrite=overwrite) as destination:
-        report = explain_raster(
-            list(sources),
-            out,
-            preset.spec,
-            explanation,
-            tiling=Tiling(
-                tile=preset.tile if tile is None else tile,
-                overlap=preset.overlap if overlap is None else overlap,
-                batch_size=batch_size,
-            ),
-            runtime=Runtime(
-                device=device,
-                precision=precision,  # type: ignore[arg-type]
-                progress=(
-                    json_progress(explanation.passes)
-                    if progress_format == "json"
-                    else (False if quiet else (True if verbose else None))
-                ),
-            ),
-            products=products,
-            nodata=nodata,
-            fallback_nodata=preset.nodata,
-            resume=resume,
-            destination=destination,
-            model=model.model if model is not None else None,
-            provenance=model.tags() if model is not None else None,
-        )
-        classes_map = report.outputs.get("classes")
-        outline = region_outline(
-            region,
-            where,
-            None if classes_map is None else destination.current(classes_map),
-            class_code(preset.spec, preset.spec.class_index(classes[0])),
-        )
-        report.outputs |= write_gis_products(
-            out, source, gis, rgb=rgb, region=outline, overwrite=overwrite,
-            destination=destination,
-        )  # fmt: skip
-        destination.commit()  # all or nothing: earlier results stay until every product is made
     if not quiet:
         for name, path in report.outputs.items():
             click.echo(f"{name}: {path}")

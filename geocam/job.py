@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,13 +166,15 @@ def run_job(
     model: nn.Module | None = None,
     provenance: Mapping[str, str] | None = None,
     fingerprint: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SceneReport:
     """Explain ``job``'s scene and write every product, all committed together or none.
 
     ``model`` is the network to explain (built from the preset when ``None``); ``provenance``
     (a model source's tags) and ``fingerprint`` (:func:`job_fingerprint`, as the tag
-    :data:`FINGERPRINT_TAG`) are recorded in every output. The report's ``outputs`` name
-    every file written.
+    :data:`FINGERPRINT_TAG`) are recorded in every output; ``progress``, when given, is called
+    with the tiles done and their total instead of ``job.progress``. The report's
+    ``outputs`` name every file written.
     """
     from geocam.output import Destination
     from geocam.products import region_outline, write_gis_products
@@ -198,7 +200,7 @@ def run_job(
             runtime=Runtime(
                 device=job.device,
                 precision=job.precision,  # type: ignore[arg-type]
-                progress=job.progress,
+                progress=job.progress if progress is None else progress,
             ),
             products=plan.products,
             nodata=job.nodata,
