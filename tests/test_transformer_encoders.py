@@ -280,3 +280,44 @@ def test_the_library_opens_the_same_preset_and_model_and_writes_the_same_map(
     with rasterio.open(swin_hub / "a.tif") as a, rasterio.open(swin_hub / "b.tif") as b:
         assert np.array_equal(a.read(), b.read())
         assert a.tags()["GEOCAM_MODEL_SHA256"] == b.tags()["GEOCAM_MODEL_SHA256"]
+
+
+@pytest.mark.slow  # about 10 s alone, 30 s on two busy cores: three scene runs of pvt_v2
+def test_pvt_v2_token_layers_explain_whole_scenes_as_their_nchw_twins(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Through the scene engine (tiles, blending, scene-wide weights, two passes): a token
+    layer through ``-m`` in one command, and in float64 the maps at ``stages_1.norm`` (tokens)
+    and ``stages_1`` (the same tensor, NCHW) written to float32 GeoTIFFs: they differ by at
+    most the float32 rounding of equal values, 2^-23 of the largest."""
+    import rasterio
+
+    import geocam
+
+    root = tmp_path_factory.mktemp("pvt")
+    unet(PVT).save_pretrained(str(root / "hub"))
+    source = scene(root / "scene.tif", 100, 150)
+    stage = "encoder.model.stages_1"
+    tiles = ("--tile", "96", "--overlap", "32")
+    code, text = cli(
+        "explain", source, "-m", root / "hub", "--class", "1", "--layer", f"{stage}.blocks.1",
+        *tiles, "-o", root / "tokens.tif",
+    )  # fmt: skip
+    assert code == 0 and "4 tiles" in text, text
+    with rasterio.open(root / "tokens.tif") as heat:
+        assert heat.tags()["GEOCAM_LAYER"] == f"{stage}.blocks.1"
+        assert (heat.height, heat.width) == (100, 150) and np.isfinite(heat.read()).all()
+    model = geocam.open_model(root / "hub")
+    network, spec = model.model.double(), model.spec(geocam.ModelSpec("x", "y", 3, ("a", "b")))
+    maps = {}
+    for layer in (f"{stage}.norm", stage):
+        out = root / f"{layer}.tif"
+        geocam.explain_raster(
+            source, out, spec, geocam.Explanation(classes=("a", "b"), layer=layer),
+            tiling=geocam.Tiling(tile=96, overlap=32), model=network,
+        )  # fmt: skip
+        with rasterio.open(out) as heat:
+            maps[layer] = heat.read().astype(np.float64)
+    got, want = maps[f"{stage}.norm"], maps[stage]
+    assert np.abs(want).max() > 0
+    assert np.abs(got - want).max() <= 2.0**-23 * np.abs(want).max()
