@@ -290,6 +290,8 @@ def starter_preset(source: ModelSource, sidecar: str | Path | None, out: Path) -
     else:
         placeholder = ", ".join(f"class_{i}" for i in range(count or 1))
         lines.append(f"classes: [{placeholder}]  # FILL IN: one name per output channel")
+    if extra.get("band_names"):
+        lines.append(f"# the network reads, in this order: {', '.join(extra['band_names'])}")
     bands = extra.get("bands")
     if bands:
         lines.append(f"bands: [[{', '.join(str(b) for b in bands)}]]")
@@ -343,6 +345,7 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise GeocamError(f"--sidecar {path}: expected a JSON object")
     found: dict[str, Any] = {}
+    found.update(_ukis_csmask(data))
     norm = data.get("normalisation") or data.get("normalization") or data.get("norm") or data
     if (
         isinstance(norm, dict)
@@ -362,4 +365,24 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         raise GeocamError(
             f"--sidecar {path}: found no mean/std, classes or bands (keys: {', '.join(data)})"
         )
+    return found
+
+
+def _ukis_csmask(data: dict[str, Any]) -> dict[str, Any]:
+    """Normalisation and band names from ukis-csmask's model JSON.
+
+    There, ``data.dataset_statistics.img`` is ``[mean, std]`` per band and ``band_names`` the
+    bands in the network's order.
+    """
+    inner = data.get("data")
+    statistics = inner.get("dataset_statistics") if isinstance(inner, dict) else None
+    if not isinstance(statistics, dict):
+        return {}
+    found: dict[str, Any] = {}
+    img = statistics.get("img")
+    if isinstance(img, list) and len(img) == 2 and all(isinstance(v, list) for v in img):
+        found["normalisation"] = Normalisation.mean_std(img[0], img[1])
+    names = statistics.get("band_names")
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        found["band_names"] = tuple(names)
     return found

@@ -490,3 +490,31 @@ def test_init_verify_prints_the_onnx_difference_and_refuses_other_sources(folder
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("geocam: error: --verify compares")
     assert not (folder / "verify-hub.yaml").exists()
+
+
+def test_a_ukis_csmask_sidecar_gives_the_normalisation_and_band_order(tmp_path: Path) -> None:
+    # the layout of ukis-csmask's model JSON (model_6b_l2a.json): [mean, std] per band under
+    # data.dataset_statistics.img, the band order under band_names
+    import json
+
+    import numpy as np
+
+    from geocam.config import read_sidecar
+
+    sidecar = tmp_path / "model_6b_l2a.json"
+    statistics = {
+        "img": [[0.27, 0.28, 0.29, 0.36, 0.22, 0.18], [0.34, 0.31, 0.31, 0.27, 0.17, 0.14]],
+        "band_names": ["blue", "green", "red", "nir", "swir16", "swir22"],
+        "cnt_classes": [174455417, 47615803, 17528396],
+    }
+    sidecar.write_text(json.dumps({
+        "data": {"in_channels": 6, "classes": 3, "dataset_statistics": statistics},
+        "model": {"decoder_name": "unet", "encoder_name": "efficientnet-b4"},
+    }))  # fmt: skip
+    found = read_sidecar(sidecar)
+    norm = found["normalisation"]
+    np.testing.assert_allclose(norm.scale, [1 / s for s in statistics["img"][1]], rtol=1e-12)
+    np.testing.assert_allclose(
+        norm.offset, [-m / s for m, s in zip(*statistics["img"], strict=True)], rtol=1e-12
+    )
+    assert found["band_names"] == ("blue", "green", "red", "nir", "swir16", "swir22")
