@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,6 +167,7 @@ def run_job(
     provenance: Mapping[str, str] | None = None,
     fingerprint: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    sweep: bool = False,
 ) -> SceneReport:
     """Explain ``job``'s scene and write every product, all committed together or none.
 
@@ -174,7 +175,9 @@ def run_job(
     (a model source's tags) and ``fingerprint`` (:func:`job_fingerprint`, as the tag
     :data:`FINGERPRINT_TAG`) are recorded in every output; ``progress``, when given, is called
     with the tiles done and their total instead of ``job.progress``. The report's
-    ``outputs`` name every file written.
+    ``outputs`` name every file written. With ``sweep``, the scratch files that other runs of
+    these outputs left (killed after their journal was gone: while the GIS products were made
+    or the files renamed) are removed once this run holds the outputs' locks.
     """
     from geocam.output import Destination
     from geocam.products import region_outline, write_gis_products
@@ -187,6 +190,8 @@ def run_job(
         tags[FINGERPRINT_TAG] = fingerprint
     inputs = run_inputs(list(job.sources), preset.spec, plan.explanation) + list(job.extra_inputs)
     with Destination(plan.outputs, inputs=inputs, overwrite=job.overwrite) as destination:
+        if sweep:  # the locks are ours: no live run writes these outputs' scratch files
+            remove_stale_scratch(plan.outputs.values(), destination.run_id)
         report = explain_raster(
             list(job.sources),
             job.out,
@@ -223,3 +228,26 @@ def run_job(
         )  # fmt: skip
         destination.commit()  # all or nothing: earlier results stay until every product is made
     return report
+
+
+def remove_stale_scratch(outputs: Iterable[Path], run_id: str) -> list[Path]:
+    """Delete the scratch files (``NAME.RUNID.partial``) of ``outputs`` not of run ``run_id``.
+
+    Call it only while holding the outputs' locks (inside their :class:`Destination`).
+    """
+    import contextlib
+    import re
+
+    from geocam.journal import glob_escape
+    from geocam.output import PARTIAL_SUFFIX
+
+    removed = []
+    for final in outputs:
+        pattern = re.compile(re.escape(final.name) + r"\.([0-9a-f]{8})" + re.escape(PARTIAL_SUFFIX))
+        for path in final.parent.glob(f"{glob_escape(final.name)}.*{PARTIAL_SUFFIX}*"):
+            match = pattern.match(path.name)
+            if match and match.group(1) != run_id and path.is_file() and not path.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed

@@ -291,3 +291,37 @@ def test_workers_and_scheduler_are_exclusive(world: Path, tmp_path: Path) -> Non
                             "--scheduler", "tcp://127.0.0.1:1")  # fmt: skip
     assert code != 0 and output.startswith("geocam: error: --workers starts a local cluster")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_scene_loses_nothing(
+    world: Path, in_process: Path, tmp_path: Path
+) -> None:
+    from geocam.batch.dask import dask_executor
+    from geocam.batch.manifest import scenes_from_arguments
+    from geocam.batch.run import ModelConfig, SceneResult, run_batch
+    from geocam.job import Job
+
+    config = ModelConfig(str(world / "tiny.yaml"), threads=1)
+    template = Job(sources=(), out=Path(), classes=("water",))
+    scenes = scenes_from_arguments([str(world / "s*.tif")])
+    out = tmp_path / "out"
+    killed: list[list[Path]] = []
+    with dask_executor(workers=2, retries=2) as executor:
+        pids: dict[str, int] = executor.client.run(os.getpid)
+
+        def kill_the_other(result: SceneResult) -> None:
+            if killed:
+                return
+            others = [address for address in pids if address != result.worker]
+            busy = [p for p in leftovers(out) if p.parent.name != result.name]
+            killed.append(busy)  # the other worker's scene in progress: its scratch files
+            os.kill(pids[others[0]], signal.SIGKILL)
+
+        report = run_batch(
+            scenes, template, config, out, executor=executor, on_result=kill_the_other
+        )
+    assert killed and killed[0], "the other worker was not in the middle of a scene"
+    assert [s.status for s in report.scenes] == ["done"] * 3, report.scenes
+    assert leftovers(out) == []
+    same_outputs(in_process, out)

@@ -184,14 +184,14 @@ def explain_one(task: Task, config: ModelConfig, where: str = "local") -> SceneR
         try:
             report = run_job(
                 replace(job, resume=folder.is_dir()), loaded.preset,
-                fingerprint=task.fingerprint, **run,  # type: ignore[arg-type]
+                fingerprint=task.fingerprint, sweep=True, **run,  # type: ignore[arg-type]
             )  # fmt: skip
         except GeocamError as error:  # a journal of other settings: start the scene over
             if not (folder.is_dir() and str(error).startswith(str(folder))):
                 raise
             report = run_job(
                 replace(job, resume=False), loaded.preset,
-                fingerprint=task.fingerprint, **run,  # type: ignore[arg-type]
+                fingerprint=task.fingerprint, sweep=True, **run,  # type: ignore[arg-type]
             )  # fmt: skip
     except Exception as error:  # one bad scene never stops the others
         result.status, result.error = "failed", error_line(error)
