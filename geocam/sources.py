@@ -216,9 +216,7 @@ class RasterSource:
         usually did; a preset's normalisation must expect those values.
         """
         for path, dataset, bands in zip(self.paths, datasets, self.bands, strict=True):
-            scaled = [
-                b for b in bands if dataset.scales[b - 1] != 1 or dataset.offsets[b - 1] != 0
-            ]
+            scaled = [b for b in bands if dataset.scales[b - 1] != 1 or dataset.offsets[b - 1] != 0]
             if scaled:
                 b = scaled[0]
                 warnings.warn(
