@@ -156,4 +156,7 @@ def test_reruns_are_bitwise_identical(scene: Path, model: nn.Module, tmp_path: P
         )  # fmt: skip
         outputs.append(files(out))
     assert outputs[0] == outputs[1]
-    assert len(outputs[0]) == 4  # heatmap, probabilities, class map and its .aux.xml
+    assert set(outputs[0]) == {  # every product and sidecar, all compared above
+        "heat.tif", "heat_probability.tif", "heat_classes.tif", "heat_classes.tif.aux.xml",
+        "heat_classes.qml",
+    }  # fmt: skip
