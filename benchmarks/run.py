@@ -8,6 +8,7 @@ median of the per-round ratios, which cancels drift that a ratio of medians woul
     python benchmarks/run.py                 # every group
     python benchmarks/run.py core --quick    # one group on small tiles (a smoke test)
     python benchmarks/run.py nodata          # peak memory, mostly nodata vs valid (minutes)
+    python benchmarks/run.py batch           # 8 scenes in-process vs a local Dask cluster
 
 Groups register themselves with :func:`register` and return :class:`Row` objects.
 """
@@ -18,7 +19,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import core  # noqa: F401  (registers its group)
+import batch  # noqa: F401  (registers its group)
+import core  # noqa: F401
 import nodata  # noqa: F401
 import scene  # noqa: F401
 from common import GROUPS, Row, Settings, header, table

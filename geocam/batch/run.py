@@ -88,13 +88,10 @@ def load(config: ModelConfig) -> Loaded:
     """The network of ``config``, built once per process (then cached by its key)."""
     key = config.key()
     if key not in _LOADED:
-        import torch
 
         from geocam.config import open_preset
         from geocam.models import build_model
 
-        if config.threads:
-            torch.set_num_threads(config.threads)
         preset, source = open_preset(config.config, config.model_source)
         model = source.model if source is not None else build_model(preset.spec)
         _, provenance, extra = open_model(config)
@@ -176,6 +173,10 @@ def explain_one(task: Task, config: ModelConfig, where: str = "local") -> SceneR
     folder_made = False
     try:
         loaded = load(config)
+        if config.threads:  # in the thread that runs the task: OpenMP's count is per thread
+            import torch
+
+            torch.set_num_threads(config.threads)
         job = replace(task.job, extra_inputs=loaded.extra_inputs)
         folder_made = not job.out.parent.exists()
         job.out.parent.mkdir(parents=True, exist_ok=True)
