@@ -222,7 +222,9 @@ def test_local_workers_write_the_same_bytes_and_load_the_model_once(
     template = Job(sources=(), out=Path(), classes=("water",))
     scenes = scenes_from_arguments([str(world / "s*.tif")])
     out = tmp_path / "out"
+    environ = dict(os.environ)
     with dask_executor(workers=2) as executor:
+        assert dict(os.environ) == environ  # Dask's worker variables stay with the workers
         report = run_batch(scenes, template, config, out, executor=executor)
         executor.client.register_plugin(ModelPlugin(config))  # again: idempotent
         loads = executor.client.run(worker_loads)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -138,6 +139,22 @@ def worker_environ() -> dict[str, object]:
 
 
 @contextlib.contextmanager
+def own_environ() -> Iterator[None]:
+    """Keep this process's environment as it was while Dask starts workers.
+
+    Dask also writes the workers' variables (``OMP_NUM_THREADS=1``, ...) into its own process's
+    environment, which every later subprocess would inherit (a ``qgis_process`` run in the same
+    test session then computed with one thread).
+    """
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+
+
+@contextlib.contextmanager
 def dask_executor(
     *,
     workers: int | None = None,
@@ -164,7 +181,7 @@ def dask_executor(
             count = workers or 1
             import dask
 
-            with dask.config.set({WORKER_ENVIRON: worker_environ()}):
+            with dask.config.set({WORKER_ENVIRON: worker_environ()}), own_environ():
                 cluster = LocalCluster(  # type: ignore[no-untyped-call]
                     n_workers=count,
                     threads_per_worker=1,
