@@ -213,7 +213,7 @@ def _explain_into(
                 raise WriteFailed(  # the journal stays: the work done is not lost
                     f"{error}; then rerun with --resume to continue from {folder.name}"
                 ) from error
-            if not isinstance(error, KeyboardInterrupt | WriteFailed):
+            if not isinstance(error, KeyboardInterrupt):
                 journal.discard()  # kept only for a run that was stopped, to be resumed
             raise
     journal.discard()

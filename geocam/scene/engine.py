@@ -45,7 +45,7 @@ from geocam.layers import LayerInfo, default_layer, fixed_tile, list_layers, res
 from geocam.models import ModelSpec
 from geocam.output import StripSink
 from geocam.region_sources import open_region
-from geocam.regions import Region, region_weights
+from geocam.regions import Region, class_probabilities, region_weights
 from geocam.scene import passes
 from geocam.scene.options import Explanation, Products, Runtime, Tiling
 from geocam.scene.predicted import PredictedRegion
@@ -554,7 +554,7 @@ class _Scene:
         bands = len(spec.bands)
         finish: Callable[[np.ndarray, np.ndarray], np.ndarray] = self._heat_mean
         if spec.name == "classes":
-            bands = self._probability_channels()
+            bands = len(self.spec.classes)  # every class's probability
             threshold = self.explanation.threshold
 
             def finish(sums: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -586,9 +586,6 @@ class _Scene:
         if finite.any():
             self.heat_peak = max(self.heat_peak, float(np.abs(values[finite]).max()))
         return values
-
-    def _probability_channels(self) -> int:
-        return len(self.spec.classes)
 
     def _scale(self, spec: ProductSpec) -> int:
         """Source pixels per output pixel of a product (the stride for a native heatmap)."""
@@ -633,9 +630,9 @@ class _Scene:
     ) -> None:
         if not extras:
             return
-        probabilities = (
-            torch.softmax(output, dim=0) if output.shape[0] > 1 else torch.sigmoid(output)
-        )
+        every = torch.arange(output.shape[0], device=output.device)[None]
+        activation = self.options.activation  # the rule of the predicted region
+        probabilities = class_probabilities(output[None], every, activation)[0]
         h, w = int(tile.window.height), int(tile.window.width)
         row, col = int(tile.window.row_off), int(tile.window.col_off)
         for spec, acc in extras:
