@@ -31,6 +31,7 @@ import numpy as np
 
 from geocam.errors import GeocamError
 from geocam.output import StripSink, atomic_write, fsync_folder, remove_scratch
+from geocam.sources import is_gdal_virtual
 
 SUFFIX = ".resume"
 STATE = "state.npz"
@@ -258,7 +259,7 @@ def file_identity(path: Path) -> list[object]:
 def local_file(path: Path | str) -> Path | None:
     """The file on disk behind ``path``: itself, or the archive of a ``/vsizip/``-like path."""
     text = str(path)
-    if not text.startswith("/vsi"):
+    if not is_gdal_virtual(text):
         local = Path(text)
         return local if local.is_file() else None
     parts = text.split("/")

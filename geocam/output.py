@@ -580,12 +580,6 @@ def to_cog(path: Path, *, compress: str, predictor: str, resampling: str) -> Non
             converted.unlink()
 
 
-def remove_output(path: Path) -> None:
-    """Delete a finished raster and its GDAL sidecar (``.aux.xml``), if they exist."""
-    path.unlink(missing_ok=True)
-    Path(f"{path}.aux.xml").unlink(missing_ok=True)
-
-
 def class_colours(count: int) -> dict[int, tuple[int, int, int, int]]:
     """A qualitative colour table (Tableau 10, then greys) for class indexes; 255 transparent."""
     palette = [

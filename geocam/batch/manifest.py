@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geocam.errors import GeocamError
+from geocam.sources import is_gdal_virtual
 
 FIELDS = ("sources", "source", "name", "class", "region", "where")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
@@ -48,7 +49,7 @@ class Scene:
 
 def absolute(path: str, base: Path) -> str:
     """``path`` relative to ``base`` made absolute; GDAL virtual paths and URLs kept."""
-    if path.startswith("/vsi") or "://" in path:
+    if is_gdal_virtual(path) or "://" in path:
         return path
     return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
 
@@ -78,7 +79,7 @@ def scenes_from_arguments(arguments: Sequence[str], base: Path | None = None) ->
     base = base or Path.cwd()
     scenes = []
     for argument in arguments:
-        if GLOB.search(argument) and not argument.startswith("/vsi"):
+        if GLOB.search(argument) and not is_gdal_virtual(argument):
             matches = sorted(glob.glob(absolute(argument, base), recursive=True))
             files = [m for m in matches if Path(m).is_file()]
             if not files:

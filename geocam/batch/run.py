@@ -88,7 +88,6 @@ def load(config: ModelConfig) -> Loaded:
     """The network of ``config``, built once per process (then cached by its key)."""
     key = config.key()
     if key not in _LOADED:
-
         from geocam.config import open_preset
         from geocam.models import build_model
 
