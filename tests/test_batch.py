@@ -298,17 +298,27 @@ def test_workers_and_scheduler_are_exclusive(world: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_scene_loses_nothing(
-    world: Path, in_process: Path, tmp_path: Path
-) -> None:
+def test_a_worker_killed_mid_scene_loses_nothing(world: Path, tmp_path: Path) -> None:
+    import shutil
+
     from geocam.batch.dask import dask_executor
     from geocam.batch.manifest import scenes_from_arguments
     from geocam.batch.run import ModelConfig, SceneResult, run_batch
     from geocam.job import Job
 
-    config = ModelConfig(str(world / "tiny.yaml"), threads=1)
+    # the world with a larger second scene: a worker is still on it when the other reports
+    # (with three small scenes both workers could be done already, and nothing to kill)
+    slow = tmp_path / "world"
+    shutil.copytree(world, slow)
+    with rasterio.open(slow / "s1.tif") as src:
+        profile = src.profile | {"width": 320, "height": 384}
+    with rasterio.open(slow / "s1.tif", "w", **profile) as dst:
+        dst.write(np.random.default_rng(1).integers(0, 255, (3, 384, 320), dtype=np.uint8))
+    reference = tmp_path / "reference"
+    assert batch(slow, reference, slow / "s*.tif")[0] == 0
+    config = ModelConfig(str(slow / "tiny.yaml"), threads=1)
     template = Job(sources=(), out=Path(), classes=("water",))
-    scenes = scenes_from_arguments([str(world / "s*.tif")])
+    scenes = scenes_from_arguments([str(slow / "s*.tif")])
     out = tmp_path / "out"
     killed: list[list[Path]] = []
     with dask_executor(workers=2, retries=2) as executor:
@@ -328,7 +338,7 @@ def test_a_worker_killed_mid_scene_loses_nothing(
     assert killed and killed[0], "the other worker was not in the middle of a scene"
     assert [s.status for s in report.scenes] == ["done"] * 3, report.scenes
     assert leftovers(out) == []
-    same_outputs(in_process, out)
+    same_outputs(reference, out)
 
 
 def test_local_workers_keep_glibcs_trim_threshold() -> None:

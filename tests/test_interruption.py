@@ -95,7 +95,7 @@ def run_until_a_strip_is_stored(cmd: list[str], out: Path, stop: signal.Signals)
         time.sleep(0.005)
     process.send_signal(stop)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 130)
+    assert process.returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 130), stderr
     return stderr
 
 
