@@ -195,6 +195,34 @@ def test_a_killed_batch_finishes_only_the_remaining_scenes(world: Path, tmp_path
     assert leftovers(out) == []
 
 
+def tile_reports(reports: list[tuple[str, int, int]]) -> dict[str, list[tuple[int, int]]]:
+    """Each scene's ``(done, total)`` reports, in the order they came."""
+    found: dict[str, list[tuple[int, int]]] = {}
+    for name, done, total in reports:
+        found.setdefault(name, []).append((done, total))
+    return found
+
+
+def test_tiles_within_scenes_are_reported_and_shown(world: Path, tmp_path: Path) -> None:
+    from geocam.batch.manifest import scenes_from_arguments
+    from geocam.batch.run import ModelConfig, run_batch
+    from geocam.job import Job
+
+    reports: list[tuple[str, int, int]] = []
+    report = run_batch(
+        scenes_from_arguments([str(world / "s*.tif")]), Job(sources=(), out=Path(),
+        classes=("water",)), ModelConfig(str(world / "tiny.yaml")), tmp_path / "out",
+        progress=False, on_tiles=lambda *r: reports.append(r),
+    )  # fmt: skip
+    found = tile_reports(reports)
+    assert list(found) == ["s0", "s1", "s2"]  # in order, in this process
+    for scene in report.scenes:  # every tile of both passes (scene weights), counted up
+        assert scene.tiles and found[scene.name][-1] == (2 * scene.tiles, 2 * scene.tiles)
+        assert [d for d, _ in found[scene.name]] == list(range(1, 2 * scene.tiles + 1))
+    code, output, _ = batch(world, tmp_path / "shown", world / "s0.tif", "-v")
+    assert code == 0 and "8/8 [" in output and "1/1 [" in output  # tiles, then scenes
+
+
 @pytest.fixture(scope="module")
 def in_process(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference outputs of the three scenes, in this process."""

@@ -8,6 +8,8 @@ a task finds it there. GPU tasks ask for ``resources={"GPU": 1}`` on the future 
 annotations on graphs are dropped by fusion), and a batch asking for a resource fails at once
 when no worker advertises it. A task whose worker dies is run again elsewhere: it writes its
 scene's files under scratch names and renames them together, so a retry leaves no partial file.
+Tile progress comes back as Dask events (``Worker.log_event`` on a topic of the batch's own,
+``Client.subscribe_topic`` on the client), a few a second per scene at most.
 """
 
 from __future__ import annotations
@@ -15,12 +17,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin
 
-from geocam.batch.run import ModelConfig, SceneResult, Task, error_line, explain_one, load
+from geocam.batch.run import (
+    ModelConfig,
+    SceneResult,
+    Task,
+    TileProgress,
+    error_line,
+    explain_one,
+    load,
+)
 from geocam.errors import GeocamError
 
 if TYPE_CHECKING:
@@ -39,11 +51,36 @@ class ModelPlugin(WorkerPlugin):
         load(self.config)
 
 
-def explain_on_worker(task: Task, config: ModelConfig) -> SceneResult:
-    """:func:`explain_one` on a Dask worker, recording the worker's address."""
+REPORT_EVERY = 0.25
+"""Seconds between two tile reports of one scene (its first and last tile always report)."""
+
+
+class EventReporter:
+    """Tile progress sent from a worker to the client as events on ``topic``, throttled."""
+
+    def __init__(self, worker: Worker, topic: str) -> None:
+        self.worker = worker
+        self.topic = topic
+        self.last = float("-inf")
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        """Send ``(name, done, total)`` unless one was sent less than a moment ago."""
+        now = time.monotonic()
+        if done in (1, total) or now - self.last >= REPORT_EVERY:
+            self.last = now
+            self.worker.log_event(self.topic, (name, done, total))
+
+
+def explain_on_worker(task: Task, config: ModelConfig, topic: str | None = None) -> SceneResult:
+    """:func:`explain_one` on a Dask worker, recording the worker's address.
+
+    With a ``topic``, the scene's tile progress is sent to the client as events on it.
+    """
     from distributed import get_worker
 
-    return explain_one(task, config, where=get_worker().address)
+    worker = get_worker()
+    progress = None if topic is None else EventReporter(worker, topic)
+    return explain_one(task, config, where=worker.address, progress=progress)
 
 
 def worker_loads() -> dict[str, int]:
@@ -88,16 +125,25 @@ class DaskExecutor:
                 f"`dask worker ADDRESS --resources {wanted}` (one per GPU, CUDA_VISIBLE_DEVICES)"
             )
 
-    def run(self, tasks: Sequence[Task], config: ModelConfig) -> Iterator[SceneResult]:
+    def run(
+        self, tasks: Sequence[Task], config: ModelConfig, progress: TileProgress | None = None
+    ) -> Iterator[SceneResult]:
         """Submit every task as a future and yield results as they complete."""
         from distributed import as_completed
 
         self.client.register_plugin(ModelPlugin(config))
+        topic = None
+        if progress is not None:
+            topic = f"geocam-tiles-{uuid.uuid4().hex}"
+            self.client.subscribe_topic(  # type: ignore[no-untyped-call]
+                topic, lambda event: progress(*event[1])
+            )
         futures = {
             self.client.submit(
                 explain_on_worker,
                 task,
                 config,
+                topic,
                 key=f"geocam-{task.name}-{task.fingerprint[:12]}",
                 pure=False,
                 retries=self.retries,
@@ -117,6 +163,8 @@ class DaskExecutor:
         finally:
             for future in futures:
                 future.release()  # type: ignore[no-untyped-call]
+            if topic is not None:
+                self.client.unsubscribe_topic(topic)  # type: ignore[no-untyped-call]
 
 
 WORKER_ENVIRON = "distributed.nanny.pre-spawn-environ"

@@ -14,9 +14,11 @@ never raises for a bad scene, it returns a failed :class:`SceneResult` with one 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
 
 Status = Literal["done", "skipped", "failed", "pending"]
 SUMMARY_NAME = "geocam_batch.json"
+TileProgress = Callable[[str, int, int], None]
+"""Called with a scene's name, its tiles done and their total (every pass's tiles); on a Dask
+cluster from the client's event thread, as the workers report."""
 
 
 @dataclass(frozen=True)
@@ -158,11 +163,17 @@ def is_done(outputs: Iterable[Path], fingerprint: str) -> bool:
         return False
 
 
-def explain_one(task: Task, config: ModelConfig, where: str = "local") -> SceneResult:
+def explain_one(
+    task: Task,
+    config: ModelConfig,
+    where: str = "local",
+    progress: TileProgress | None = None,
+) -> SceneResult:
     """Explain one scene with the model of ``config`` (loaded once per process).
 
     Never raises for the scene's own faults: a failed result carries the one-line reason.
-    A journal left by a killed run of the same scene is continued.
+    A journal left by a killed run of the same scene is continued. ``progress`` hears of the
+    scene's tiles as they are done.
     """
     from geocam.journal import journal_folder
 
@@ -180,7 +191,8 @@ def explain_one(task: Task, config: ModelConfig, where: str = "local") -> SceneR
         folder_made = not job.out.parent.exists()
         job.out.parent.mkdir(parents=True, exist_ok=True)
         folder = journal_folder(job.out)
-        run = {"model": loaded.model, "provenance": loaded.provenance}
+        tiles = None if progress is None else functools.partial(progress, task.name)
+        run = {"model": loaded.model, "provenance": loaded.provenance, "progress": tiles}
         try:
             report = run_job(
                 replace(job, resume=folder.is_dir()), loaded.preset,
@@ -212,8 +224,10 @@ class Executor(Protocol):
 
     description: str
 
-    def run(self, tasks: Sequence[Task], config: ModelConfig) -> Iterator[SceneResult]:
-        """Explain every task; yield each one's result when it is ready."""
+    def run(
+        self, tasks: Sequence[Task], config: ModelConfig, progress: TileProgress | None = None
+    ) -> Iterator[SceneResult]:
+        """Explain every task; yield each one's result when it is ready, and report tiles."""
         ...
 
 
@@ -222,10 +236,50 @@ class InProcess:
 
     description = "in-process"
 
-    def run(self, tasks: Sequence[Task], config: ModelConfig) -> Iterator[SceneResult]:
+    def run(
+        self, tasks: Sequence[Task], config: ModelConfig, progress: TileProgress | None = None
+    ) -> Iterator[SceneResult]:
         """Explain the tasks in order."""
         for task in tasks:
-            yield explain_one(task, config)
+            yield explain_one(task, config, progress=progress)
+
+
+class TileBar:
+    """The second progress bar: tiles done and known over the scenes begun so far.
+
+    Fed by :data:`TileProgress` reports (possibly from another thread, hence the lock); a
+    scene's total is known once its first tile is reported, so the bar's total grows.
+    """
+
+    def __init__(self, disable: bool | None, listener: TileProgress | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=0, unit="tile", disable=disable, position=1, leave=False)
+        self.listener = listener
+        self.scenes: dict[str, tuple[int, int]] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        """Record ``name``'s tiles and redraw."""
+        with self.lock:
+            self.scenes[name] = (done, total)
+            self.bar.total = sum(t for _, t in self.scenes.values())
+            self.bar.n = sum(d for d, _ in self.scenes.values())
+            self.bar.refresh()
+        if self.listener is not None:
+            self.listener(name, done, total)
+
+    def finished(self, name: str) -> None:
+        """``name`` is over: its tiles count as done (the last report may still be in flight)."""
+        with self.lock:
+            _, total = self.scenes.get(name, (0, 0))
+            self.scenes[name] = (total, total)
+            self.bar.n = sum(d for d, _ in self.scenes.values())
+            self.bar.refresh()
+
+    def close(self) -> None:
+        """Take the bar off the terminal."""
+        self.bar.close()
 
 
 @dataclass
@@ -278,6 +332,7 @@ def run_batch(
     summary: str | Path | None = None,
     progress: bool | None = None,
     on_result: Callable[[SceneResult], None] | None = None,
+    on_tiles: TileProgress | None = None,
 ) -> Summary:
     """Explain every scene into ``out_dir`` and write the summary (``OUT_DIR/geocam_batch.json``).
 
@@ -285,7 +340,9 @@ def run_batch(
     replaced per scene). Scenes whose outputs exist with the same fingerprint are skipped
     unless ``force``. A scene that fails is recorded with its reason and the others go on; the
     caller looks at :attr:`Summary.failed`. An interrupt writes the summary, the scenes not
-    finished marked ``pending``, and propagates.
+    finished marked ``pending``, and propagates. ``progress`` shows two bars, scenes and the
+    tiles within them (None: only on a terminal); ``on_result`` hears of every finished scene,
+    ``on_tiles`` of every scene's tiles as they are done, wherever they run.
     """
     from tqdm.auto import tqdm
 
@@ -317,18 +374,22 @@ def run_batch(
         tasks.append(Task(scene.name, job, result.fingerprint))
     index = {result.name: i for i, result in enumerate(results)}
     hide = None if progress is None else not progress  # None: only on a terminal
-    bar = tqdm(total=len(scenes), unit="scene", disable=hide)
+    bar = tqdm(total=len(scenes), unit="scene", disable=hide, position=0)
     bar.update(len(scenes) - len(tasks))
+    tiles = TileBar(hide, on_tiles)
+    listen = on_tiles is not None or not tiles.bar.disable  # nobody listening: no reports
     try:
         report.write()
-        for finished in executor.run(tasks, config):
+        for finished in executor.run(tasks, config, tiles if listen else None):
             results[index[finished.name]] = finished
             report.seconds = time.perf_counter() - start
             report.write()
+            tiles.finished(finished.name)
             bar.update(1)
             if on_result is not None:
                 on_result(finished)
     finally:
+        tiles.close()
         bar.close()
         report.seconds = time.perf_counter() - start
         report.write()
