@@ -464,6 +464,15 @@ def _add_batch() -> None:
 _add_batch()
 
 
+def _add_evaluate() -> None:
+    from geocam.evaluation.command import evaluate  # click only: --help stays instant
+
+    cli.add_command(evaluate)
+
+
+_add_evaluate()
+
+
 def main() -> None:
     """Entry point of the ``geocam`` command; SIGTERM stops it like Ctrl-C (resumable)."""
     import signal

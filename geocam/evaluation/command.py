@@ -1,0 +1,231 @@
+"""``geocam evaluate``: can the map be trusted? Commands over the evaluation library.
+
+Every command explains one class of a scene exactly as ``geocam explain`` would (same options,
+same scene engine), evaluates the map, prints a short table and writes a JSON report and PNG
+plots (:mod:`geocam.evaluation.report`), all or nothing. The options every command shares are
+defined once (:func:`scene_options`) and opened once (:func:`open_run`). Only click is imported
+at the top, so that ``geocam --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from geocam.config import Preset
+    from geocam.evaluation.scene import Scene
+    from geocam.scene import Explanation, Runtime, Tiling
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MODEL_HELP = (
+    "The model: an ONNX file, an smp hub folder, a Lightning/TorchGeo checkpoint, "
+    "torchvision:NAME or a state dict (with -c naming the network) [default: the preset's]."
+)
+
+_SCENE_OPTIONS = [
+    click.argument("sources", nargs=-1, required=True, type=click.Path()),
+    click.option(
+        "--config", "-c", type=click.Path(path_type=Path),
+        help="Model preset (YAML) [optional when -m defines the network].",
+    ),
+    click.option("--model", "-m", "model_source", help=MODEL_HELP),
+    click.option("--class", "class_name", required=True, help="Class name or index to evaluate."),
+    click.option(
+        "--out", "-o", required=True, type=click.Path(path_type=Path),
+        help="Folder (OUT/COMMAND.json and plots) or prefix (OUT.json, OUT_PLOT.png).",
+    ),
+    click.option(
+        "--method", type=click.Choice(["gradcam", "hirescam", "gradcam++", "layercam"]),
+        help="CAM method [default: the config's].",
+    ),
+    click.option("--layer", help="Target layer [default: the config's, else the encoder's last]."),
+    click.option(
+        "--region", default="predicted", show_default=True,
+        help="The explained region, as in geocam explain: predicted | all | mask:PATH | "
+        "vector:PATH[:LAYER] | bbox:MINX,MINY,MAXX,MAXY[,CRS]",
+    ),
+    click.option("--where", help="FIELD=VALUE filter for a vector --region."),
+    click.option(
+        "--weights", type=click.Choice(["scene", "tile"]), default="scene", show_default=True,
+        help="Channel weights of the whole scene, or of each tile.",
+    ),
+    click.option("--tile", type=int, help="Tile side in pixels [default: the config's]."),
+    click.option("--overlap", type=int, help="Tile overlap in pixels [default: the config's]."),
+    click.option("--batch-size", type=int, default=4, show_default=True),
+    click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N] | mps"),
+    click.option("--nodata", type=float, help="Input nodata value, overriding the files' own."),
+    click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress bar, no table."),
+]  # fmt: skip
+
+
+def scene_options(command: F) -> F:
+    """Add the options every ``evaluate`` command shares (those of ``geocam explain``)."""
+    for option in reversed(_SCENE_OPTIONS):
+        command = option(command)
+    return command
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """The shared options of an ``evaluate`` command, as given."""
+
+    sources: tuple[str, ...]
+    config: Path | None
+    model_source: str | None
+    class_name: str
+    out: Path
+    method: str | None
+    layer: str | None
+    region: str
+    where: str | None
+    weights: str
+    tile: int | None
+    overlap: int | None
+    batch_size: int
+    device: str
+    nodata: float | None
+    overwrite: bool
+    quiet: bool
+
+    def inputs(self, *extra: tuple[str, Path]) -> list[tuple[str, Path]]:
+        """The files the command reads, which its outputs must never replace."""
+        found = [("source", Path(s)) for s in self.sources]
+        found += [("config", self.config)] if self.config is not None else []
+        if self.model_source is not None and Path(self.model_source).is_file():
+            found.append(("model", Path(self.model_source)))
+        if self.region.startswith(("mask:", "vector:")):
+            found.append(("region", Path(self.region.partition(":")[2].partition(":")[0])))
+        return found + list(extra)
+
+    def settings(self, run: SceneRun | None = None) -> dict[str, Any]:
+        """The options as recorded in a report (not where it goes, nor how it runs).
+
+        With ``run``, the defaults it resolved (the preset's method, tile and overlap).
+        """
+        skip = {"out", "overwrite", "quiet", "device", "batch_size"}
+        found = {k: v for k, v in asdict(self).items() if k not in skip}
+        if run is not None:
+            found |= {
+                "method": run.explanation.method,
+                "tile": run.tiling.tile,
+                "overlap": run.tiling.overlap,
+                "preset": run.preset.name,
+                "checkpoint": str(run.preset.spec.checkpoint or "") or None,
+            }
+        return found
+
+
+@dataclass(frozen=True)
+class SceneRun:
+    """What an ``evaluate`` command explains: preset, network, scene and the engine's options."""
+
+    preset: Preset
+    model: nn.Module
+    scene: Scene
+    explanation: Explanation
+    tiling: Tiling
+    runtime: Runtime
+
+
+def open_run(options: SceneOptions) -> SceneRun:
+    """Open the preset, the network and the scene; check the class and region options first."""
+    from geocam.config import open_preset
+    from geocam.errors import GeocamError
+    from geocam.evaluation.scene import load_scene
+    from geocam.models import build_model
+    from geocam.scene import Explanation, Runtime, Tiling
+
+    if options.where is not None and not options.region.startswith("vector:"):
+        raise GeocamError(
+            f"--where {options.where}: filters a vector region; add --region vector:PATH"
+        )
+    preset, source = open_preset(options.config, options.model_source)
+    preset.spec.class_index(options.class_name)  # an unknown class: one line, before any work
+    scene = load_scene(options.sources, preset.spec, options.nodata, preset.nodata)
+    model = source.model if source is not None else build_model(preset.spec)
+    explanation = Explanation(
+        classes=(options.class_name,),
+        method=(options.method or preset.method),  # type: ignore[arg-type]
+        layer=options.layer,
+        region=options.region,
+        where=options.where,
+        weights=options.weights,  # type: ignore[arg-type]
+    )
+    tiling = Tiling(
+        tile=preset.tile if options.tile is None else options.tile,
+        overlap=preset.overlap if options.overlap is None else options.overlap,
+        batch_size=options.batch_size,
+    )
+    runtime = Runtime(device=options.device, progress=False if options.quiet else None)
+    return SceneRun(preset, model.eval(), scene, explanation, tiling, runtime)
+
+
+@click.group()
+def evaluate() -> None:
+    """Can the map be trusted? Evaluate a class's map of a scene; write a JSON report and plots."""
+
+
+@evaluate.command()
+@scene_options
+@click.option(
+    "--annotation", required=True,
+    help="Where the class truly is: mask:PATH (a raster, any CRS) or vector:PATH[:LAYER] "
+    "(polygons, any CRS; outside them is not the class).",
+)  # fmt: skip
+@click.option("--annotation-value", type=float, help="The class's value in a mask annotation.")
+@click.option("--annotation-where", help="FIELD=VALUE: the class's polygons, e.g. name=tree.")
+@click.option(
+    "--tolerance-m", type=click.FloatRange(min=0), default=0.0, show_default=True,
+    help="Pointing game: the map's maximum hits when within this many metres of the annotation.",
+)  # fmt: skip
+def localisation(
+    annotation: str,
+    annotation_value: float | None,
+    annotation_where: str | None,
+    tolerance_m: float,
+    **common: Any,
+) -> None:
+    """Localise the class's map in an annotation, each figure with its chance level and lift."""
+    from geocam.evaluation import report
+    from geocam.evaluation.annotation import read_annotation
+    from geocam.evaluation.localisation import scene_localisation
+    from geocam.output import Destination
+
+    options = SceneOptions(**common)
+    paths = report.report_paths(options.out, "localisation", ("map", "roc"))
+    kind, _, rest = annotation.partition(":")
+    files = [("annotation", Path(rest.partition(":")[0] if kind == "vector" else rest))]
+    with Destination(paths, inputs=options.inputs(*files), overwrite=options.overwrite) as out:
+        run = open_run(options)
+        truth = read_annotation(
+            annotation, run.scene.grid, value=annotation_value, where=annotation_where,
+            scene_valid=run.scene.valid,
+        )  # fmt: skip
+        found, maps, engine = scene_localisation(
+            run.model, run.preset.spec, run.scene, run.explanation, truth,
+            tolerance_m=tolerance_m, tiling=run.tiling, runtime=run.runtime,
+        )  # fmt: skip
+        settings = options.settings(run) | {
+            "annotation": annotation, "annotation_value": annotation_value,
+            "annotation_where": annotation_where, "tolerance_m": tolerance_m,
+        }  # fmt: skip
+        title = f"{options.class_name}: {engine.layer} ({run.explanation.method}), {truth.name}"
+        report.write_report(
+            out, paths, report.localisation_report(found, truth, engine, run.scene.grid, settings),
+            {"map": report.map_plot(maps[0], truth.inside, run.scene.valid & truth.valid, title),
+             "roc": report.roc_plot(found, title)},
+        )  # fmt: skip
+    if not options.quiet:
+        click.echo(report.figures_table(found.figures))
+        click.echo(f"{found.annotated} of {found.pixels} valid pixels annotated ({truth.name})")
+        for name, path in paths.items():
+            click.echo(f"{name}: {path}")
