@@ -267,52 +267,135 @@ def test_local_workers_write_the_same_bytes_and_load_the_model_once(
     same_outputs(in_process, out)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[str]:
-    """A real ``dask scheduler`` and one ``dask worker --resources GPU=1``, on 127.0.0.1."""
-    file = tmp_path / "scheduler.json"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"no real rasters at {DATA}")
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in reversed(processes):
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, started apart:
+    ``gpu0`` advertises ``--resources GPU=1``, ``cpu0`` nothing. The address, and the workers'
+    names by address."""
+    file = tmp_path_factory.mktemp("cluster") / "scheduler.json"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    scheduler = subprocess.Popen(
-        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-         "--no-dashboard", "--scheduler-file", str(file)], **quiet,  # type: ignore[call-overload]
-    )  # fmt: skip
-    worker = None
+    dask = [sys.executable, "-m", "dask"]
+    processes = [subprocess.Popen(
+        [*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+         "--scheduler-file", str(file)], **quiet,  # type: ignore[call-overload]
+    )]  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not file.is_file() and time.monotonic() < deadline:
             time.sleep(0.1)
         address = json.loads(file.read_text())["address"]
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--host",
-             "127.0.0.1", "--no-dashboard", "--resources", "GPU=1", "--name", "gpu0"],
-            **quiet,  # type: ignore[call-overload]
-        )  # fmt: skip
-        yield address
+        for name, resources in (("gpu0", ["--resources", "GPU=1"]), ("cpu0", [])):
+            processes.append(subprocess.Popen(
+                [*dask, "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+                 "--no-dashboard", "--name", name, *resources], **quiet,  # type: ignore[call-overload]
+            ))  # fmt: skip
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:  # type: ignore[no-untyped-call]
+            client.wait_for_workers(2, timeout=60)
+            names = {a: str(w["name"]) for a, w in client.scheduler_info()["workers"].items()}
+        yield address, names
     finally:
-        for process in (worker, scheduler):
-            if process is not None:
-                process.terminate()
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        stop(processes)
+
+
+def real_batch(out: Path, *args: str | Path) -> tuple[int, str, dict[str, dict[str, object]]]:
+    """Run ``geocam batch`` in this process on real scenes; the summary's scenes by name."""
+    code, output = invoke("batch", *args, "-o", out)
+    summary = json.loads((out / "geocam_batch.json").read_text()) if out.is_dir() else {}
+    return code, output, {s["name"]: s for s in summary.get("scenes", [])}
+
+
+def features(path: Path) -> list[tuple[object, object]]:
+    """A vector file's features (geometry and properties): what it holds, not when written."""
+    import fiona
+
+    with fiona.open(path) as layer:
+        return [(dict(f.geometry), dict(f.properties)) for f in layer]
+
+
+def same_folders(a: Path, b: Path) -> None:
+    """Every file of ``a`` (but the summary) is in ``b`` with the same bytes, and no other
+    (a GeoPackage with the same features: SQLite records when it was written)."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files = [f for f in files if f.name != "geocam_batch.json"]
+    assert files == sorted(
+        p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != "geocam_batch.json"
+    )
+    for name in files:
+        if name.suffix == ".gpkg":
+            assert features(a / name) == features(b / name), name
+        else:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
 @pytest.mark.slow
-def test_a_scheduler_and_a_gpu_worker_started_apart(
-    world: Path, in_process: Path, cluster: str, tmp_path: Path
+@needs_data
+def test_real_scenes_on_a_scheduler_and_workers_started_apart(
+    cluster: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:
-    out = tmp_path / "out"
-    code, output, scenes = batch(
-        world, out, world / "s*.tif", "--scheduler", cluster, "--resources", "GPU=1"
-    )
-    assert code == 0, output
-    assert {s["status"] for s in scenes.values()} == {"done"}
-    workers = {s["worker"] for s in scenes.values()}
-    assert len(workers) == 1 and str(workers.pop()).startswith("tcp://127.0.0.1:")
-    same_outputs(in_process, out)
-    code, output, _ = batch(world, tmp_path / "tpu", world / "s0.tif", "--scheduler", cluster,
-                            "--resources", "TPU=1")  # fmt: skip
+    from distributed import Client
+
+    from geocam.batch.dask import worker_loads, worker_tasks
+
+    address, names = cluster
+    pucallpa = DATA / "pucallpa"
+    broken = tmp_path / "broken_1985.tif"  # a real raster cut short: its pixels cannot be read
+    data = (pucallpa / "landsat_1985.tif").read_bytes()
+    broken.write_bytes(data[: len(data) * 2 // 3])
+    manifest = tmp_path / "pairs.csv"
+    rows = [f"{pucallpa}/landsat_{year}.tif;{pucallpa}/landsat_2020.tif,p{year}"
+            for year in (1985, 2000, 2010)]  # fmt: skip
+    rows.insert(2, f"{broken};{pucallpa}/landsat_2020.tif,broken")
+    manifest.write_text("sources,name\n" + "\n".join(rows) + "\n")
+    deforestation = ("--manifest", manifest, "-c", CONFIGS / "deforestation_pucallpa.yaml",
+                     "--class", "deforestation", "--hotspots")  # fmt: skip
+    raleigh = (DATA / "raleigh" / "nc_lsat7_2000_b123457_uint8.tif", "-c",
+               CONFIGS / "landcover_raleigh.yaml", "--class", "forest", "--class-map")  # fmt: skip
+    gpu = ("--scheduler", address, "--resources", "GPU=1")
+    runs = {}
+    for name, args in (("deforestation", deforestation), ("landcover", raleigh)):
+        here, there = tmp_path / f"{name}_in_process", tmp_path / f"{name}_cluster"
+        code, output, scenes = real_batch(here, *args)
+        code_there, output_there, scenes_there = real_batch(there, *args, *gpu)
+        assert code_there == code, output_there
+        assert {n: s["status"] for n, s in scenes_there.items()} == {
+            n: s["status"] for n, s in scenes.items()
+        }
+        same_folders(here, there)  # the same files, byte for byte
+        done = [s for s in scenes_there.values() if s["status"] == "done"]
+        assert done and all(names[str(s["worker"])] == "gpu0" for s in done)
+        runs[name] = code_there, output_there, scenes_there
+    # the bad scene among good ones: named with its one line, the others done, exit code 1
+    code, output, scenes = runs["deforestation"]
+    assert code == 1 and "failed: broken: " in output, output
+    assert [s["status"] for s in scenes.values()] == ["done", "done", "failed", "done"]
+    assert "\n" not in str(scenes["broken"]["error"]), scenes["broken"]["error"]
+    assert not (tmp_path / "deforestation_cluster" / "broken").exists()
+    assert runs["landcover"][0] == 0
+    with Client(address, timeout="30s") as client:  # type: ignore[no-untyped-call]
+        executed = {names[a]: keys for a, keys in client.run(worker_tasks).items()}
+        loads = {names[a]: count for a, count in client.run(worker_loads).items()}
+    # every explain task ran on the worker with the resource, by the workers' own records
+    assert len(executed["gpu0"]) == 4 + 1 and executed["cpu0"] == [], executed
+    # each model built once in each worker, however many scenes and batches it served
+    assert loads["gpu0"] == loads["cpu0"] and sorted(loads["gpu0"].values()) == [1, 1]
+    code, output, _ = real_batch(tmp_path / "tpu", *raleigh, "--scheduler", address,
+                                 "--resources", "TPU=1")  # fmt: skip
     assert code != 0
     assert output.startswith("geocam: error: no Dask worker advertises the resources TPU=1")
     assert not (tmp_path / "tpu").exists()

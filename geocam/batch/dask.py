@@ -90,6 +90,20 @@ def worker_loads() -> dict[str, int]:
     return dict(LOADS)
 
 
+def worker_tasks(dask_worker: Worker) -> list[str]:
+    """The batch tasks (keys ``geocam-...``) this worker began to execute, from its own record.
+
+    Read from the worker's transition log (``Worker.state.log``: its last transitions, as many
+    as ``distributed.admin.low-level-log-length`` keeps); ``client.run(worker_tasks)`` tells
+    where every recent scene ran.
+    """
+    return [
+        str(entry[0])
+        for entry in dask_worker.state.log
+        if len(entry) > 5 and str(entry[0]).startswith("geocam-") and entry[2] == "executing"
+    ]
+
+
 class DaskExecutor:
     """Runs a batch's scenes as futures on a Dask cluster."""
 
