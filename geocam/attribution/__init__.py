@@ -19,18 +19,19 @@ from geocam.attribution.guided import (
     smooth_activations,
     watch_activations,
 )
-from geocam.attribution.methods import (
+from geocam.attribution.methods import attribute, guided_backprop
+from geocam.attribution.occlusion import OcclusionOptions, occlusion_maps
+from geocam.attribution.result import (
     PIXEL_METHODS,
     Attribution,
     PixelMethod,
-    attribute,
-    guided_backprop,
 )
 
 __all__ = [
     "PIXEL_METHODS",
     "Attribution",
     "InputGradients",
+    "OcclusionOptions",
     "PixelMethod",
     "attribute",
     "check_guidable",
@@ -40,6 +41,7 @@ __all__ = [
     "guided_relus",
     "input_gradients",
     "input_x_gradient_map",
+    "occlusion_maps",
     "saliency_map",
     "smooth_activations",
     "watch_activations",

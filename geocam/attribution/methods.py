@@ -7,9 +7,6 @@ Grad-CAM) and at the input's resolution.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, TypeAlias, get_args
-
 import numpy as np
 import torch
 from torch import nn
@@ -21,31 +18,11 @@ from geocam.attribution.gradients import (
     input_x_gradient_map,
     saliency_map,
 )
+from geocam.attribution.occlusion import OcclusionOptions, occlusion_maps
+from geocam.attribution.result import PIXEL_METHODS, Attribution, PixelMethod
 from geocam.cam import CamOptions, Classes, explain, upsample
 from geocam.errors import GeocamError
 from geocam.regions import Region
-
-PixelMethod: TypeAlias = Literal[
-    "saliency", "inputxgradient", "guided-backprop", "guided-gradcam", "occlusion"
-]
-PIXEL_METHODS: tuple[PixelMethod, ...] = get_args(PixelMethod)
-
-
-@dataclass(frozen=True)
-class Attribution:
-    """Pixel maps ``(B, K, H, W)`` (signed, raw) with the score they explain.
-
-    ``scores`` and ``region_pixels`` ``(B, K)``, ``region`` the weights ``(B, K, H, W)``,
-    ``output`` the network's output for the unperturbed input.
-    """
-
-    maps: torch.Tensor
-    scores: torch.Tensor
-    region_pixels: torch.Tensor
-    classes: torch.Tensor
-    output: torch.Tensor
-    region: torch.Tensor
-    method: PixelMethod
 
 
 def attribute(
@@ -58,18 +35,24 @@ def attribute(
     region: Region = "predicted",
     valid: torch.Tensor | np.ndarray | None = None,
     options: CamOptions | None = None,
-    occlusion: object | None = None,
+    occlusion: OcclusionOptions | None = None,
+    batch_size: int = 4,
 ) -> Attribution:
     """``method``'s maps of each class's region score for a batch of normalised images.
 
     ``layer`` is Grad-CAM's target layer for ``guided-gradcam``; ``occlusion`` the
-    :class:`~geocam.attribution.occlusion.OcclusionOptions` of ``occlusion``. The model comes
+    :class:`~geocam.attribution.occlusion.OcclusionOptions` of ``occlusion`` (which runs
+    ``batch_size`` perturbed copies per forward pass). The model comes
     back exactly as it was given, also after an exception.
     """
     if method not in PIXEL_METHODS:
         raise GeocamError(f"unknown method {method!r}; choose one of {', '.join(PIXEL_METHODS)}")
     if method == "occlusion":
-        raise GeocamError("occlusion: not implemented yet")
+        return occlusion_maps(
+            model, images, classes, region=region, valid=valid, options=options,
+            occlusion=occlusion,
+            batch_size=batch_size,
+        )  # fmt: skip
     guided = method in ("guided-backprop", "guided-gradcam")
     grads = input_gradients(
         model, images, classes, region=region, valid=valid, options=options, guided=guided
