@@ -285,20 +285,33 @@ def predicted_region(
 
     def sink(product: ProductSpec) -> ArraySink:
         grid = product.grid
-        fill = 0 if product.name == "classes" else np.nan
+        fill = 255 if product.name == "classes" else np.nan
         made = ArraySink(len(product.bands), grid.height, grid.width, product.dtype, fill)
         sinks[product.name] = made
         return made
 
+    # the class map does not depend on the method: one Grad-CAM pass of per-tile weights
     region_run = replace(explanation, method="gradcam", weights="tile", region="predicted")
-    explain_scene(
-        copy.deepcopy(model), spec, scene.source(), region_run, sink,
-        tiling=tiling, runtime=runtime or Runtime(progress=False),
-        products=Products(class_map=True),
-    )  # fmt: skip
+    try:
+        explain_scene(
+            copy.deepcopy(model), spec, scene.source(), region_run, sink,
+            tiling=tiling, runtime=runtime or Runtime(progress=False),
+            products=Products(class_map=True),
+        )  # fmt: skip
+    except GeocamError as error:
+        if not _zero_everywhere(error):
+            raise
+    classes = sinks["classes"].data[0]
+    if (classes[scene.valid] == 255).any():  # pragma: no cover - the run stopped early
+        raise GeocamError("the original model's class map is incomplete: no region to keep")
     code = class_code(spec, spec.class_index(explanation.classes[0]))
-    region: np.ndarray = ((sinks["classes"].data[0] == code) & scene.valid).astype(np.float32)
+    region: np.ndarray = ((classes == code) & scene.valid).astype(np.float32)
     return region
+
+
+def _zero_everywhere(error: GeocamError) -> bool:
+    """Whether ``error`` is the scene engine's refusal of a map that is zero everywhere."""
+    return "zero everywhere" in str(error)  # its one-line message (geocam/scene/engine.py)
 
 
 def scene_map_function(
@@ -331,8 +344,7 @@ def scene_map_function(
         try:
             heat, _ = scene_maps(network, spec, scene, fixed, tiling=tiling, runtime=runtime)
         except GeocamError as error:
-            # the engine's one-line refusal of a map that is zero everywhere (engine.py)
-            if "zero everywhere" not in str(error):
+            if not _zero_everywhere(error):
                 raise
             return np.where(scene.valid, 0.0, np.nan).astype(np.float32)
         signed: np.ndarray = heat[0, 1]
@@ -540,12 +552,12 @@ def _watch(model: nn.Module, blocks: Sequence[Block]) -> Iterator[dict[str, bool
     called = {b.name: False for b in blocks}
     handles = []
     for block in blocks:
-        for path in block.modules:
 
-            def hook(*_: object, name: str = block.name) -> None:
-                called[name] = True
+        def hook(*_: object, name: str = block.name) -> None:
+            called[name] = True
 
-            handles.append(model.get_submodule(path).register_forward_hook(hook))
+        for path in block.modules:  # every module: a ModuleList itself is never called
+            handles += [m.register_forward_hook(hook) for m in model.get_submodule(path).modules()]
     try:
         yield called
     finally:
