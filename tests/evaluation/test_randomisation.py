@@ -62,7 +62,7 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
         assert torch.equal(a[key], b[key]), key
 
 
-# --- block discovery ---------------------------------------------------------------------------
+# --- block discovery -----------------------------------------------------------------------------
 
 
 def test_blocks_of_smp_unet_resnet_in_data_flow_order_from_the_output() -> None:
@@ -153,7 +153,7 @@ def test_randomise_block_changes_exactly_its_parameters_with_random_batchnorm() 
     bn = model.encoder.layer1[0].bn1
     # random affine parameters, not reset_parameters' identity (weight 1, bias 0)
     assert not torch.all(bn.weight == 1) and not torch.all(bn.bias == 0)
-    assert 0 <= float(bn.weight.detach().min()) and float(bn.weight.detach().max()) <= 1
+    assert float(bn.weight.detach().min()) >= 0 and float(bn.weight.detach().max()) <= 1
     assert float(bn.weight.detach().std()) > 0.1 and float(bn.bias.detach().std()) > 0.01
     # convolutions from their default initialiser: kaiming_uniform(a=sqrt(5)), |w| <= 1/sqrt(fan_in)
     conv = model.encoder.layer1[0].conv1.weight.detach()
@@ -183,7 +183,7 @@ def test_two_blocks_of_one_shape_get_different_values() -> None:
     assert not torch.equal(copy_[0].weight, copy_[1].weight)
 
 
-# --- the check on a fake map (fast) -----------------------------------------------------------
+# --- the check on a fake map (fast) --------------------------------------------------------------
 
 
 def state_map(record: list[dict[str, torch.Tensor]]) -> Callable[[nn.Module], np.ndarray]:
@@ -347,7 +347,7 @@ def test_one_class_at_a_time() -> None:
         scene_map_function(LocalNet(), SPEC, scene, Explanation(classes=("a", "b")))
 
 
-# --- the demo models (slow) ------------------------------------------------------------------------
+# --- the demo models (slow) ----------------------------------------------------------------------
 
 ROOT = Path(__file__).parents[2]
 
