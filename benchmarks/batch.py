@@ -26,11 +26,11 @@ RALEIGH = ROOT.parent / "shared" / "data" / "raleigh" / "nc_lsat7_2000_b123457_u
 CONFIG = ROOT / "configs" / "landcover_raleigh.yaml"
 
 
-def timed_batch(folder: Path, workers: int | None) -> tuple[float, float]:
+def timed_batch(folder: Path, workers: int | None, device: str = "cpu") -> tuple[float, float]:
     """Seconds to explain every scene of ``folder`` (``workers`` None: in this process), and
     the median of the scenes' own seconds (what each task took where it ran)."""
     scenes = scenes_from_arguments([str(folder / "scene_*.tif")])
-    template = Job(sources=(), out=Path(), classes=("forest",), tile=256, overlap=64)
+    template = Job(sources=(), out=Path(), classes=("forest",), tile=256, overlap=64, device=device)
     out = folder / f"out_{workers or 0}"
     start = time.perf_counter()
     if workers is None:
@@ -51,17 +51,17 @@ def timed_batch(folder: Path, workers: int | None) -> tuple[float, float]:
 
 @register("batch")
 def batch(settings: Settings) -> list[Row]:
-    """CPU: 8 copies of the Raleigh scene, land-cover demo model, class forest, tile 256, overlap 64; in-process, then a local Dask cluster of 1 and of 2 workers (start-up included)."""  # noqa: E501
+    """8 copies of the Raleigh scene, land-cover demo model on --device (local workers share it), class forest, tile 256, overlap 64; in-process, then a local Dask cluster of 1 and of 2 workers (start-up included)."""  # noqa: E501
     count = 4 if settings.quick else 8
     folder = Path(tempfile.mkdtemp(prefix="geocam-batch-"))
     try:
         for i in range(count):
             shutil.copy(RALEIGH, folder / f"scene_{i}.tif")
-        inline, inline_scene = timed_batch(folder, None)
+        inline, inline_scene = timed_batch(folder, None, settings.device)
         log(f"  in-process: {inline:.1f} s")
-        one, one_scene = timed_batch(folder, 1)
+        one, one_scene = timed_batch(folder, 1, settings.device)
         log(f"  1 worker: {one:.1f} s")
-        two, _ = timed_batch(folder, 2)
+        two, _ = timed_batch(folder, 2, settings.device)
         log(f"  2 workers: {two:.1f} s")
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Row, Settings, Target, log, measure, register
+from common import Row, Settings, Target, log, measure, megapixels_per_second, register
 from torch import nn
 
 import geocam
@@ -17,6 +17,19 @@ import geocam
 LAYER = "encoder.layer4"
 CLASS = 1
 CLASSES = [0, 1, 2, 3, 4]
+
+
+class RegionTarget:
+    """pytorch-grad-cam's ``SemanticSegmentationTarget`` (the class's logits summed over a mask),
+    with the mask on the output's device: theirs moves it to CUDA whenever CUDA exists."""
+
+    def __init__(self, category: int, mask: torch.Tensor) -> None:
+        self.category = category
+        self.mask = mask
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The region score of one image's output ``(K, H, W)``."""
+        return (model_output[self.category] * self.mask.to(model_output.device)).sum()
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:
@@ -36,7 +49,6 @@ def agreement_float64(model: nn.Module, images: torch.Tensor) -> tuple[float, fl
     min-max epsilons and pytorch-grad-cam's float32 scaling, about 1e-6.
     """
     from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from test_agreement import minmax_agreement_bound  # type: ignore[import-not-found]
@@ -49,8 +61,9 @@ def agreement_float64(model: nn.Module, images: torch.Tensor) -> tuple[float, fl
     with torch.no_grad():
         masks = (model64(images64).argmax(dim=1) == CLASS).double()
     grad_cam = GradCAM(model=model64, target_layers=[geocam.resolve_layer(model64, LAYER)])
-    targets = [SemanticSegmentationTarget(CLASS, m.numpy()) for m in masks]
+    targets = [RegionTarget(CLASS, m) for m in masks]
     theirs = torch.from_numpy(np.asarray(grad_cam(input_tensor=images64, targets=targets)))
+    positive = positive.cpu()
     difference = float((minmax(positive) - theirs).abs().max())
     bound: float = minmax_agreement_bound(positive.numpy())
     return difference, bound
@@ -58,16 +71,16 @@ def agreement_float64(model: nn.Module, images: torch.Tensor) -> tuple[float, fl
 
 @register("core")
 def core(settings: Settings) -> list[Row]:
-    """CPU, smp Unet resnet34 (random weights, seed 0), target `encoder.layer4`, region = predicted mask."""  # noqa: E501
+    """smp Unet resnet34 (random weights, seed 0) on --device, target `encoder.layer4`, region = predicted mask."""  # noqa: E501
     import segmentation_models_pytorch as smp
     from captum.attr import LayerGradCam
     from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
+    device = settings.torch_device
     torch.manual_seed(0)
     model: nn.Module = smp.Unet("resnet34", encoder_weights=None, in_channels=4, classes=5)
-    model.eval()
-    images = torch.rand(settings.tiles, generator=torch.Generator().manual_seed(0))
+    model.eval().to(device)
+    images = torch.rand(settings.tiles, generator=torch.Generator().manual_seed(0)).to(device)
     size = (images.shape[-2], images.shape[-1])
 
     # Predicted masks from a plain forward, once, outside timing (no_grad, not inference_mode:
@@ -83,7 +96,7 @@ def core(settings: Settings) -> list[Row]:
     # gets its own copy of the network so that its hooks never run inside the competitors.
     reference = copy.deepcopy(model)
     grad_cam = GradCAM(model=reference, target_layers=[geocam.resolve_layer(reference, LAYER)])
-    targets = [SemanticSegmentationTarget(CLASS, m.numpy()) for m in mask]
+    targets = [RegionTarget(CLASS, m) for m in mask]
 
     def region_score(x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = model(x)
@@ -129,12 +142,14 @@ def core(settings: Settings) -> list[Row]:
     t1 = measure(
         {"geocam": geocam_one_upsampled, "pytorch-grad-cam": pytorch_grad_cam,
          "captum": captum_gradcam},
-        settings.repeats,
+        settings.repeats, warm_up=not settings.smoke, device=device,
     )  # fmt: skip
     log("core 2/4: geocam vs the bare forward pass")
     t2 = measure(
         {"geocam": geocam_one, "forward": forward, "forward channels-last": forward_channels_last},
         settings.repeats,
+        warm_up=not settings.smoke,
+        device=device,
     )
     log("core 3/4: five classes in one call vs five calls")
     t3 = measure(
@@ -145,6 +160,8 @@ def core(settings: Settings) -> list[Row]:
             "sequential": five(geocam.CamOptions(backward="sequential")),
         },
         settings.repeats,
+        warm_up=not settings.smoke,
+        device=device,
     )
     log("core 4/4: agreement of the maps (float64)")
     difference, bound = agreement_float64(model, images)
@@ -172,6 +189,16 @@ def core(settings: Settings) -> list[Row]:
             t2.ratio("geocam", "forward"),
             "x",
             Target("<=", 1.8),
+        ),
+        Row(
+            "throughput, forward pass (prediction), NCHW",
+            megapixels_per_second(settings.tiles, t2["forward"]),
+            "MP/s",
+        ),
+        Row(
+            "throughput, geocam one class (explanation), same tiles",
+            megapixels_per_second(settings.tiles, t2["geocam"]),
+            "MP/s",
         ),
         Row(
             "geocam one class / channels-last forward",

@@ -51,7 +51,7 @@ def scene(width: int, valid_rows: int, nodata_rows: int) -> Path:
     return path
 
 
-@register("nodata")
+@register("nodata", devices=False)
 def nodata(settings: Settings) -> list[Row]:
     """CPU, a shallow smp Unet (resnet18, depth 3), HiResCAM, tile 512, overlap 128: peak memory of a scene of nodata above valid rows against the valid rows alone, same width; each in a fresh process."""  # noqa: E501
     nodata_rows = 8192 if settings.quick else 32768

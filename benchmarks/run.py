@@ -6,9 +6,11 @@ the machine's load affects all of them alike. Times are medians over the rounds;
 median of the per-round ratios, which cancels drift that a ratio of medians would keep.
 
     python benchmarks/run.py                 # every group
-    python benchmarks/run.py core --quick    # one group on small tiles (a smoke test)
+    python benchmarks/run.py core --quick    # one group on small tiles
+    python benchmarks/run.py core --smoke --repeats 1   # runs, prints every row (CI, seconds)
     python benchmarks/run.py nodata          # peak memory, mostly nodata vs valid (minutes)
     python benchmarks/run.py batch           # 8 scenes in-process vs a local Dask cluster
+    python benchmarks/run.py core scene --device cuda   # the same groups on a GPU
 
 Groups register themselves with :func:`register` and return :class:`Row` objects.
 """
@@ -23,7 +25,7 @@ import batch  # noqa: F401  (registers its group)
 import core  # noqa: F401
 import nodata  # noqa: F401
 import scene  # noqa: F401
-from common import GROUPS, Row, Settings, header, table
+from common import GROUPS, Row, Settings, header, resolve, table
 
 # --- command line ---------------------------------------------------------------------------
 
@@ -36,13 +38,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the median counts")
     parser.add_argument("--quick", action="store_true", help="small tiles, for a smoke test")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny tiles (core) and --quick otherwise: that the groups run, not what they measure",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda[:N] or auto (CUDA when present): where the networks run (default: cpu)",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.groups if name not in GROUPS]
     if unknown:
         parser.error(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    settings = Settings(repeats=args.repeats, quick=args.quick)
+    settings = Settings(
+        repeats=args.repeats,
+        quick=args.quick or args.smoke,
+        device=resolve(args.device),
+        smoke=args.smoke,
+    )
     groups: list[str] = args.groups or list(GROUPS)
 
     rows: list[tuple[str, Row]] = []
