@@ -1,0 +1,173 @@
+"""``geocam evaluate``: reports reopened and checked, bad inputs in one line leaving nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from PIL import Image
+
+from geocam.cli import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+PRESET = ROOT / "configs" / "landcover_raleigh.yaml"
+SCENE = "raleigh/nc_lsat7_2000_b123457_uint8.tif"
+STRATA = "raleigh/nc_landclass_strata_uint8.tif"
+FOREST = 5
+
+
+def localisation(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "evaluate", "localisation", str(data / SCENE), "-c", str(PRESET), "--class", "forest",
+        "--device", "cpu", "-o", str(out), *extra,
+    ]  # fmt: skip
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(root)): None if p.is_dir() else p.read_bytes()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_localisation_report_is_the_written_maps_against_the_strata(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The report's figures are those of the heatmap ``geocam explain`` writes, recomputed here."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    strata = f"mask:{shared_data / STRATA}"
+    args = localisation(shared_data, tmp_path / "forest", "--annotation", strata,
+                        "--annotation-value", str(FOREST), "--tolerance-m", "60")  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "relevance mass" in result.output and "lift" in result.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["forest.json", "forest_map.png", "forest_roc.png"]
+    report = json.loads((tmp_path / "forest.json").read_text())
+    figures = {row["name"]: row for row in report["figures"]}
+    assert report["settings"]["tolerance_m"] == 60.0 and report["settings"]["tile"] == 512
+
+    heat_path = tmp_path / "heat.tif"
+    explain = ["explain", str(shared_data / SCENE), "-c", str(PRESET), "--class", "forest",
+               "--device", "cpu", "-o", str(heat_path), "-q", "--no-qml"]  # fmt: skip
+    assert CliRunner().invoke(cli, explain).exit_code == 0
+    with rasterio.open(heat_path) as heat, rasterio.open(shared_data / STRATA) as truth:
+        positive, signed = heat.read().astype(np.float64)
+        classes = truth.read(1)
+        valid = np.isfinite(positive) & (classes != truth.nodata)
+    inside = (classes == FOREST)[valid]
+    share = inside.mean()
+    assert report["annotation"]["area_share"] == pytest.approx(share, rel=1e-12)
+    assert report["annotation"]["annotated_pixels"] == inside.sum()
+    scores = positive[valid]
+    mass = scores[inside].sum() / scores.sum()
+    assert figures["relevance mass"]["value"] == pytest.approx(mass, rel=1e-9)
+    assert figures["relevance mass"]["chance"] == pytest.approx(share, rel=1e-12)
+    assert figures["relevance mass"]["lift"] == pytest.approx(mass / share, rel=1e-9)
+    auc = metrics.roc_auc_score(inside, scores)
+    assert figures["ROC-AUC"]["value"] == pytest.approx(auc, rel=1e-9)
+    auc_signed = metrics.roc_auc_score(inside, signed[valid])
+    assert figures["ROC-AUC signed"]["value"] == pytest.approx(auc_signed, rel=1e-9)
+    for name in ("rank accuracy", "IoU top-q", "IoU Otsu", "pointing game"):
+        row = figures[name]
+        assert 0 <= row["value"] <= 1 and 0 < row["chance"] < 1, row
+    for plot in ("forest_map.png", "forest_roc.png"):
+        with Image.open(tmp_path / plot) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+
+
+def test_polygons_in_another_crs_and_a_folder_output(shared_data: Path, tmp_path: Path) -> None:
+    polygons = f"vector:{shared_data / 'raleigh' / 'landsat96_polygons.shp'}"
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    args = localisation(shared_data, folder, "--annotation", polygons,
+                        "--annotation-where", "label=forest", "-q")  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0 and result.output == "", result.output
+    report = json.loads((folder / "localisation.json").read_text())
+    assert report["annotation"]["name"] == "vector:landsat96_polygons.shp where label=forest"
+    assert 0 < report["annotation"]["area_share"] < 0.05  # sparse training polygons
+    assert (folder / "localisation_map.png").is_file()
+    # a second run needs --overwrite, and leaves the first report as it was
+    before = snapshot(folder)
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 1 and "pass --overwrite" in again.output
+    assert snapshot(folder) == before
+
+
+BAD = {
+    "annotation outside the scene": (
+        ["--annotation", "vector:{data}/itaipu/LC08_L1TP_224078_20200518_20200518_01_RT_polygons"
+         ".gpkg", "--annotation-where", "name=tree"],
+        "outside the scene",
+    ),
+    "mask outside the scene": (
+        ["--annotation", "mask:{data}/andros/RGB.byte.tif"], "does not overlap the scene"),
+    "mask in no CRS": (
+        ["--annotation", "mask:{data}/zurich/response_img_1091-322_00.tif"], "has no CRS"),
+    "empty: a value that does not occur": (
+        ["--annotation", "mask:{data}/" + STRATA, "--annotation-value", "9"],
+        "values there: 1, 2, 3, 4, 5, 6, 7"),
+    "empty: no polygon of that label": (
+        ["--annotation", "vector:{data}/raleigh/landsat96_polygons.shp",
+         "--annotation-where", "label=tree"], "values of label: agriculture, developed, forest"),
+    "a multi-class mask without a value": (
+        ["--annotation", "mask:{data}/" + STRATA], "give the class's value"),
+    "wrong class": (
+        ["--annotation", "mask:{data}/" + STRATA, "--annotation-value", "5", "--class", "trees"],
+        "unknown class 'trees'"),
+    "where without a vector region": (
+        ["--annotation", "mask:{data}/" + STRATA, "--annotation-value", "5", "--where", "a=b"],
+        "--where a=b: filters a vector region"),
+    "report over the annotation": (  # GDAL opens a raster by its content, whatever its name
+        ["--annotation", "mask:{out}/report.json", "--annotation-value", "5"],
+        "is an input (annotation"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_and_leaves_nothing(
+    shared_data: Path, tmp_path: Path, case: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    extra, expected = BAD[case]
+    if "{out}" in " ".join(extra):  # an annotation where the report would go
+        (out / "report.json").symlink_to(shared_data / STRATA)
+    extra = [e.format(data=shared_data, out=out) for e in extra]
+    args = localisation(shared_data, out / "report", *extra)
+    if "--class" in extra:  # the case's class replaces forest
+        at = args.index("--class")
+        del args[at : at + 2]
+    before = snapshot(tmp_path)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("geocam: error: ") and result.output.count("\n") == 1
+    assert expected in result.output, result.output
+    assert snapshot(tmp_path) == before
+
+
+def test_a_failing_plot_takes_the_report_with_it(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JSON and the plots are committed together: a plot that fails leaves none of them."""
+    from geocam.errors import GeocamError
+    from geocam.evaluation import report
+
+    def failing(*_: object) -> report.Plot:
+        def plot(path: Path) -> None:
+            path.write_bytes(b"half a PNG")
+            raise GeocamError("the ROC plot failed")
+
+        return plot
+
+    monkeypatch.setattr(report, "roc_plot", failing)
+    args = localisation(shared_data, tmp_path / "forest", "--annotation",
+                        f"mask:{shared_data / STRATA}", "--annotation-value", "5")  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and result.output == "geocam: error: the ROC plot failed\n"
+    assert list(tmp_path.iterdir()) == []
