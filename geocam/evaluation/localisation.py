@@ -215,7 +215,7 @@ def pixel_size_m(grid: Grid) -> tuple[float, float]:
     Projected CRSs: the transform's steps times the CRS's metres per unit (US survey feet too).
     Geographic CRSs (EPSG:4326): the geodesic length of one pixel step, on the CRS's ellipsoid,
     at the scene's centre; its change across the scene (the cosine of the latitude) is ignored,
-    e.g. 0.6 % over 0.3 degrees of latitude at 8 degrees south.
+    e.g. 0.07 % over 0.3 degrees of latitude at 8 degrees south, 0.5 % at 45 degrees.
     """
     if grid.crs is None:
         raise GeocamError("the scene has no CRS: a distance in metres needs a georeferenced scene")
