@@ -251,9 +251,18 @@ def test_local_workers_write_the_same_bytes_and_load_the_model_once(
     scenes = scenes_from_arguments([str(world / "s*.tif")])
     out = tmp_path / "out"
     environ = dict(os.environ)
+    reports: list[tuple[str, int, int]] = []
     with dask_executor(workers=2) as executor:
         assert dict(os.environ) == environ  # Dask's worker variables stay with the workers
-        report = run_batch(scenes, template, config, out, executor=executor)
+        report = run_batch(
+            scenes, template, config, out, executor=executor, on_tiles=lambda *r: reports.append(r)
+        )
+        last = {s.name: (2 * s.tiles, 2 * s.tiles) for s in report.scenes if s.tiles}
+        deadline = time.monotonic() + 10  # a scene's last events may come after its result
+        while time.monotonic() < deadline:
+            if {name: r[-1] for name, r in tile_reports(reports).items()} == last:
+                break
+            time.sleep(0.05)
         executor.client.register_plugin(ModelPlugin(config))  # again: idempotent
         loads = executor.client.run(worker_loads)
         trims = executor.client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_")
@@ -265,6 +274,11 @@ def test_local_workers_write_the_same_bytes_and_load_the_model_once(
     assert len(loads) == 2 and all(v == {config.key(): 1} for v in loads.values())
     assert len(set(workers)) < len(workers)  # a worker ran two scenes with its one model
     same_outputs(in_process, out)
+    # the tiles of each scene, reported from the worker that ran it: first, ..., last
+    assert len(last) == 3 and set(tile_reports(reports)) == set(last)
+    for name, found in tile_reports(reports).items():
+        assert found[0] == (1, last[name][1]) and found[-1] == last[name], (name, found)
+        assert [d for d, _ in found] == sorted({d for d, _ in found})
 
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
