@@ -104,8 +104,21 @@ LIBRARY_NAMES = {
     "Explanation.classes": "--class",
     "Explanation.threshold": "--threshold",
     "Runtime.precision ": "--precision ",
+    "Products.resolution": "--resolution",
+    "OcclusionOptions.patch": "--occlusion-patch",
+    "OcclusionOptions.stride": "--occlusion-stride",
+    "OcclusionOptions.baseline": "--occlusion-baseline",
+    "OcclusionOptions.max_seconds": "--occlusion-max-seconds",
+    "OcclusionOptions.force": "--occlusion-force",
 }
 """Parameters that library messages name, and the flags that set them on the command line."""
+
+
+METHOD_CHOICES = (
+    "gradcam", "hirescam", "gradcam++", "layercam",  # geocam.cam.METHODS
+    "saliency", "inputxgradient", "guided-backprop", "guided-gradcam", "occlusion",  # attribution
+)  # fmt: skip
+"""Every method (spelt out: importing the packages that list them would import torch)."""
 
 
 def as_flags(message: str) -> str:
@@ -173,8 +186,8 @@ MODEL_HELP = (
 @click.option("--where", help="FIELD=VALUE filter for a vector region.")
 @click.option(
     "--method",
-    type=click.Choice(["gradcam", "hirescam", "gradcam++", "layercam"]),
-    help="CAM method [default: the config's].",
+    type=click.Choice(METHOD_CHOICES),
+    help="CAM method, or a pixel baseline (saliency ... occlusion) [default: the config's].",
 )
 @click.option(
     "--layer", help="Target layer [default: the config's, else the encoder's last stage]."
@@ -217,6 +230,31 @@ MODEL_HELP = (
     help="Input nodata value, overriding the files' own [default: the files' nodata, mask or "
     "alpha; for files that declare none, the config's].",
 )
+@click.option(
+    "--occlusion-patch",
+    type=click.IntRange(1),
+    help="Occlusion: patch side in pixels [default: the layer's stride].",
+)
+@click.option(
+    "--occlusion-stride",
+    type=click.IntRange(1),
+    help="Occlusion: step between patches in pixels [default: the patch].",
+)
+@click.option(
+    "--occlusion-baseline",
+    type=click.Choice(["mean", "blur"]),
+    default="mean",
+    show_default=True,
+    help="Occlusion: what hides a patch (each band's mean, or the tile blurred).",
+)
+@click.option(
+    "--occlusion-max-seconds",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Occlusion: refuse a run estimated to take longer (estimated from one timed batch).",
+)
+@click.option("--occlusion-force", is_flag=True, help="Occlusion: run whatever the estimate.")
 @click.option("--probabilities", is_flag=True, help="Also write the class probabilities.")
 @click.option("--class-map", is_flag=True, help="Also write the predicted class map.")
 @click.option("--cog", is_flag=True, help="Write Cloud-Optimized GeoTIFFs.")
@@ -267,6 +305,8 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
             tile: int | None, overlap: int | None, batch_size: int, device: str,
             precision: str, weights: str, resolution: str, score: str,
             threshold: float | None, nodata: float | None,
+            occlusion_patch: int | None, occlusion_stride: int | None,
+            occlusion_baseline: str, occlusion_max_seconds: float, occlusion_force: bool,
             probabilities: bool, class_map: bool, cog: bool, qml: bool, overlay: bool,
             quicklook: bool, hotspots: bool, qgis_project: bool, hotspot_format: str,
             hotspot_threshold: str,
@@ -287,7 +327,10 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
         sources=tuple(sources), out=out, classes=classes, region=region, where=where,
         method=method, layer=layer, tile=tile, overlap=overlap, batch_size=batch_size,
         device=device, precision=precision, weights=weights, resolution=resolution,
-        score=score, threshold=threshold, nodata=nodata, probabilities=probabilities,
+        score=score, threshold=threshold, nodata=nodata, occlusion_patch=occlusion_patch,
+        occlusion_stride=occlusion_stride, occlusion_baseline=occlusion_baseline,
+        occlusion_max_seconds=occlusion_max_seconds, occlusion_force=occlusion_force,
+        probabilities=probabilities,
         class_map=class_map, cog=cog, qml=qml, overlay=overlay, quicklook=quicklook,
         hotspots=hotspots, qgis_project=qgis_project, hotspot_format=hotspot_format,
         hotspot_threshold=hotspot_threshold, overwrite=overwrite, resume=resume,

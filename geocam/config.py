@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from geocam.attribution.result import PIXEL_METHODS
 from geocam.cam import METHODS
 from geocam.errors import GeocamError
 from geocam.models import ModelSpec, Normalisation
@@ -163,8 +164,9 @@ class _Reader:
         if checkpoint is not None and not checkpoint.strip():
             self.fail("checkpoint", "is empty; name the weights file, or remove the field")
         method = self.get("method", str, "gradcam")
-        if method not in METHODS:
-            self.fail("method", f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if method not in METHODS + PIXEL_METHODS:
+            choices = ", ".join(METHODS + PIXEL_METHODS)
+            self.fail("method", f"unknown method {method!r}; choose one of {choices}")
         normalisation = self.normalisation(in_channels)
         model = self.model()
         if model is None:

@@ -50,6 +50,11 @@ class Job:
     score: str = "logits"
     threshold: float | None = None
     nodata: float | None = None
+    occlusion_patch: int | None = None
+    occlusion_stride: int | None = None
+    occlusion_baseline: str = "mean"
+    occlusion_max_seconds: float = 300.0
+    occlusion_force: bool = False
     probabilities: bool = False
     class_map: bool = False
     cog: bool = False
@@ -68,7 +73,8 @@ class Job:
 
     def settings(self) -> dict[str, Any]:
         """The options that shape the outputs' content (not where they go, nor how run)."""
-        skip = {"out", "overwrite", "resume", "progress", "device", "batch_size", "extra_inputs"}
+        skip = {"out", "overwrite", "resume", "progress", "device", "batch_size", "extra_inputs",
+                "occlusion_max_seconds", "occlusion_force"}  # fmt: skip
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -86,6 +92,7 @@ class Plan:
 
 def plan_job(job: Job, preset: Preset) -> Plan:
     """Check ``job`` against ``preset`` (one line per mistake) and name every output."""
+    from geocam.attribution import OcclusionOptions
     from geocam.errors import GeocamError
     from geocam.products import GisOptions, composite_source, gis_paths, threshold_percentile
     from geocam.raster import product_paths
@@ -121,7 +128,11 @@ def plan_job(job: Job, preset: Preset) -> Plan:
         weights=job.weights,  # type: ignore[arg-type]
         score=job.score,  # type: ignore[arg-type]
         threshold=job.threshold,
-    )
+        occlusion=OcclusionOptions(
+            job.occlusion_patch, job.occlusion_stride, job.occlusion_baseline,  # type: ignore[arg-type]
+            job.occlusion_max_seconds, job.occlusion_force,
+        ),
+    )  # fmt: skip
     products = Products(
         resolution=job.resolution,  # type: ignore[arg-type]
         probabilities=job.probabilities,

@@ -30,6 +30,8 @@ from rasterio.windows import Window
 from torch import nn
 from tqdm import tqdm
 
+from geocam.attribution import PIXEL_METHODS, attribute
+from geocam.attribution import occlusion as occlusion_
 from geocam.blend import BandAccumulator, block_sum, weighted_mean
 from geocam.cam import (
     CamOptions,
@@ -179,6 +181,8 @@ class _Scene:
         )
         _warn_hard_cuts(self.layout, self.stride)
         self.windows = self.layout.windows()
+        if self.explanation.method in PIXEL_METHODS:  # geocam.attribution's baselines
+            self._check_pixel_method()
         self.scene_weights = self.explanation.scene_weights
         self.sizer = BatchSizer(self.tiling.batch_size)
         self._index = {window_key(w): i for i, w in enumerate(self.windows)}
@@ -230,6 +234,8 @@ class _Scene:
                 self._save_state(weights)
                 self._map_pass(bar, heat, weights, cache)
             else:
+                if self.explanation.method == "occlusion":
+                    self._check_occlusion_cost()
                 self._single_pass(bar, heat, extras)
                 if self.skipped == len(self.windows):
                     raise self._all_nodata()
@@ -305,9 +311,54 @@ class _Scene:
         return grads
 
     def _tile_maps(self, tiles: Sequence[Tile]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.explanation.method in PIXEL_METHODS:
+            return self._pixel_maps(tiles)
         grads = self._gradients(tiles, core=False)
-        signed = combine(self.explanation.method, grads.activations, grads.gradients)
+        signed = combine(self.explanation.method, grads.activations, grads.gradients)  # type: ignore[arg-type]
         return list(zip(signed, grads.output, strict=True))
+
+    def _pixel_maps(self, tiles: Sequence[Tile]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A pixel method's maps at the tile's resolution (``_add_heat``'s resize is exact)."""
+        images, valid = self._batch(tiles, core=False)
+        result = attribute(
+            self.model, images, self.classes, self.explanation.method,  # type: ignore[arg-type]
+            layer=self.layer, region=self._region(tiles), valid=valid, options=self.options,
+            occlusion=self.explanation.occlusion, batch_size=self.sizer.size,
+        )  # fmt: skip
+        self._check_output(images, result.output)
+        self._count_region(tiles, result.region)
+        return list(zip(result.maps, result.output, strict=True))
+
+    def _check_pixel_method(self) -> None:
+        """Pixel methods map input pixels: no native grid; occlusion's defaults, its patch."""
+        method = self.explanation.method
+        if self.products.resolution == "native":
+            raise GeocamError(
+                f"{method} maps input pixels and has no layer grid: use Products.resolution source"
+            )
+        if method == "occlusion":
+            occ = self.explanation.occlusion.resolved(self.stride)
+            assert occ.patch is not None and occ.stride is not None
+            occlusion_.check_patch(
+                occ.patch, occ.stride, *self.layout.padded_shape(self.windows[0])
+            )
+            self.explanation = replace(self.explanation, occlusion=occ)
+
+    def _check_occlusion_cost(self) -> None:
+        """Refuse occlusion beyond its bound before any tile is computed.
+
+        Forward passes over every tile, seconds from one timed batch; refused above
+        ``OcclusionOptions.max_seconds`` unless forced.
+        """
+        occ = self.explanation.occlusion
+        assert occ.patch is not None and occ.stride is not None
+        height, width = self.layout.padded_shape(self.windows[0])
+        passes_ = occlusion_.forward_passes(len(self.windows), height, width, occ.patch, occ.stride)
+        size = self.sizer.size
+        seconds = occlusion_.batch_seconds(
+            self.model, self.spec.in_channels, height, width, size, self.device, self.options
+        )
+        occlusion_.check_cost(passes_, seconds, size, occ)
 
     def _activation_sums(self, bar: tqdm[None]) -> torch.Tensor:
         """Pass 0 of Grad-CAM++: per-channel activation sums over the scene, each cell once.
@@ -380,7 +431,7 @@ class _Scene:
         self._check_region()
         grid = self.source.grid
         cells = grid.height * grid.width / self.stride**2
-        weights = passes.scene_weights(self.explanation.method, total, cells)
+        weights = passes.scene_weights(self.explanation.method, total, cells)  # type: ignore[arg-type]
         if not torch.isfinite(weights).all():
             raise GeocamError(
                 f"the gradients at layer {self.layer!r} are not finite (float16 overflow?): "
@@ -410,8 +461,8 @@ class _Scene:
         grads = self._pass_one_forward(tiles)
         shares = self._shares(tiles, grads.activations)
         parts = passes.weight_sums(
-            self.explanation.method, grads.gradients, shares, self._scene_activation_sums
-        )
+            self.explanation.method, grads.gradients, shares, self._scene_activation_sums  # type: ignore[arg-type]
+        )  # fmt: skip
         return list(zip(grads.activations, parts.cpu(), grads.output, strict=True))
 
     def _map_pass(
@@ -446,8 +497,8 @@ class _Scene:
                     acts = found[tile.key] if cache is None else cache.pop(tile.key).activations
                     acts = acts[None].to(self.device)
                     signed = combine(
-                        self.explanation.method, acts, None, weights[None].to(acts.dtype)
-                    )[0]
+                        self.explanation.method, acts, None, weights[None].to(acts.dtype)  # type: ignore[arg-type]
+                    )[0]  # fmt: skip
                     self._add_heat(heat, tile, signed)
                 self._flush(tile, heat)
                 bar.update()

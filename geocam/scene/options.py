@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias
 
 import numpy as np
 from rasterio.windows import Window
 
+from geocam.attribution.occlusion import OcclusionOptions
+from geocam.attribution.result import PixelMethod
 from geocam.cam import Method
 from geocam.device import Precision
 
@@ -37,10 +39,13 @@ class Explanation:
     ``where`` (``FIELD=VALUE``) keeps only matching features of a ``vector:`` region.
     ``threshold``: the ``predicted`` region (and the class map of a one-channel network) is
     probability above it (default 0.5 for one-channel networks, the argmax otherwise).
+    ``method`` is a CAM method or one of the literature's pixel baselines
+    (:mod:`geocam.attribution`: saliency, input x gradient, guided backprop, guided Grad-CAM,
+    occlusion, the last set by ``occlusion``): those are local, one pass, ``weights`` unused.
     """
 
     classes: tuple[str | int, ...]
-    method: Method = "gradcam"
+    method: Method | PixelMethod = "gradcam"
     layer: str | None = None
     region: SceneRegion = "predicted"
     weights: Weights = "scene"
@@ -48,6 +53,7 @@ class Explanation:
     threshold: float | None = None
     where: str | None = None
     region_name: str = ""  # how the region is described in the outputs' tags
+    occlusion: OcclusionOptions = field(default_factory=OcclusionOptions)
 
     def describe_region(self) -> str:
         """The region as recorded in the outputs."""

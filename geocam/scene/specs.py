@@ -100,6 +100,9 @@ def product_specs(
         "GEOCAM_MODEL": f"{spec.arch}/{spec.encoder}",
         "GEOCAM_PRECISION": precision,
     }
+    if explanation.method == "occlusion":  # the patch as resolved by the engine
+        occ = explanation.occlusion
+        tags["GEOCAM_OCCLUSION"] = f"patch {occ.patch}, stride {occ.stride}, {occ.baseline}"
     bands = [
         Band(
             f"{name} {kind}",
