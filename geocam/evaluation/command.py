@@ -229,3 +229,95 @@ def localisation(
         click.echo(f"{found.annotated} of {found.pixels} valid pixels annotated ({truth.name})")
         for name, path in paths.items():
             click.echo(f"{name}: {path}")
+
+
+@evaluate.command()
+@scene_options
+@click.option(
+    "--independent/--cascading-only", default=True, show_default=True,
+    help="Also randomise each block alone (besides cascading from the output down).",
+)  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first block.")
+def randomisation(independent: bool, seed: int, **common: Any) -> None:
+    """Randomise the network block by block from the output: the map must change (Adebayo)."""
+    from geocam.evaluation import report
+    from geocam.evaluation.randomisation import (
+        plot_randomisation,
+        randomisation_check,
+        scene_map_function,
+    )  # fmt: skip
+    from geocam.output import Destination
+
+    options = SceneOptions(**common)
+    paths = report.report_paths(options.out, "randomisation", ("curve",))
+    with Destination(paths, inputs=options.inputs(), overwrite=options.overwrite) as out:
+        run = open_run(options)
+        maps = scene_map_function(
+            run.model, run.preset.spec, run.scene, run.explanation,
+            tiling=run.tiling, runtime=run.runtime,
+        )  # fmt: skip
+        found = randomisation_check(
+            run.model, maps, independent=independent, seed=seed,
+            label=f"{options.class_name} ({run.explanation.method})",
+            progress=None if options.quiet else lambda step: click.echo(step, err=True),
+        )  # fmt: skip
+        settings = options.settings(run) | {"independent": independent, "seed": seed}
+        record = report.command_report("randomisation", settings, run.scene.grid, None)
+        curve = report.png_through(lambda path: plot_randomisation([found], path))
+        report.write_report(out, paths, record | {"randomisation": found.to_dict()},
+                            {"curve": curve})  # fmt: skip
+    if not options.quiet:
+        click.echo("\n".join(found.table()))
+        for name, path in paths.items():
+            click.echo(f"{name}: {path}")
+
+
+@evaluate.command()
+@scene_options
+@click.option(
+    "--baseline", type=click.Choice(["mean", "blur", "epoch", "road"]), default="mean",
+    show_default=True, help="What a removed pixel becomes (epoch: the earlier raster's).",
+)  # fmt: skip
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--seeds", type=click.IntRange(min=2), default=5, show_default=True,
+    help="Random orders for the reference curves.",
+)  # fmt: skip
+@click.option("--sigma", type=float, default=10.0, show_default=True, help="Blur, in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def faithfulness(
+    baseline: str, steps: int, seeds: int, sigma: float, seed: int, **common: Any
+) -> None:
+    """Deletion and insertion curves of the region score, against random orders."""
+    from geocam.evaluation import report
+    from geocam.evaluation.faithfulness import deletion_insertion, plot_curves
+    from geocam.evaluation.scene import scene_maps
+    from geocam.evaluation.scores import RegionScorer
+    from geocam.output import Destination
+
+    options = SceneOptions(**common)
+    paths = report.report_paths(options.out, "faithfulness", ("curves",))
+    with Destination(paths, inputs=options.inputs(), overwrite=options.overwrite) as out:
+        run = open_run(options)
+        spec = run.preset.spec
+        heat, engine = scene_maps(
+            run.model, spec, run.scene, run.explanation, tiling=run.tiling, runtime=run.runtime
+        )
+        scorer = RegionScorer(
+            run.model, spec, run.scene, run.explanation, tiling=run.tiling, runtime=run.runtime
+        )
+        found = deletion_insertion(
+            scorer, heat[0], baseline=baseline, steps=steps,  # type: ignore[arg-type]
+            seeds=seeds, sigma=sigma, seed=seed,
+        )  # fmt: skip
+        settings = options.settings(run) | {
+            "baseline": baseline, "steps": steps, "seeds": seeds, "sigma": sigma, "seed": seed,
+        }  # fmt: skip
+        record = report.command_report("faithfulness", settings, run.scene.grid, engine)
+        curves = report.png_through(lambda path: plot_curves(found, path))
+        report.write_report(out, paths, record | {"faithfulness": found.to_dict()},
+                            {"curves": curves})  # fmt: skip
+    if not options.quiet:
+        click.echo("\n".join(found.table()))
+        for name, path in paths.items():
+            click.echo(f"{name}: {path}")

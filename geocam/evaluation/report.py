@@ -128,15 +128,18 @@ def write_report(
     return dict(paths)
 
 
-def scene_record(grid: Grid, engine: SceneReport) -> dict[str, Any]:
-    """The scene and the engine's run, as a report records them."""
+def scene_record(grid: Grid, engine: SceneReport | None) -> dict[str, Any]:
+    """The scene and the engine's run (when given), as a report records them."""
+    scene = {
+        "width": grid.width,
+        "height": grid.height,
+        "crs": grid.crs.to_string() if grid.crs is not None else None,
+        "transform": list(grid.transform)[:6],
+    }
+    if engine is None:
+        return {"scene": scene}
     return {
-        "scene": {
-            "width": grid.width,
-            "height": grid.height,
-            "crs": grid.crs.to_string() if grid.crs is not None else None,
-            "transform": list(grid.transform)[:6],
-        },
+        "scene": scene,
         "map": {
             "layer": engine.layer,
             "stride": engine.stride,
@@ -157,10 +160,7 @@ def localisation_report(
 ) -> dict[str, Any]:
     """The JSON report of ``geocam evaluate localisation``."""
     return {
-        "command": "localisation",
-        "settings": dict(settings),
-        "versions": versions(),
-        **scene_record(grid, engine),
+        **command_report("localisation", settings, grid, engine),
         "annotation": {
             "name": annotation.name,
             "valid_pixels": localisation.pixels,
@@ -174,6 +174,18 @@ def localisation_report(
     }
 
 
+def command_report(
+    command: str, settings: Mapping[str, Any], grid: Grid, engine: SceneReport | None
+) -> dict[str, Any]:
+    """The head every report shares: command, settings, versions, scene (and map run)."""
+    return {
+        "command": command,
+        "settings": dict(settings),
+        "versions": versions(),
+        **scene_record(grid, engine),
+    }
+
+
 # --- plots ----------------------------------------------------------------------------------
 
 
@@ -184,6 +196,23 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def png_through(write: Callable[[Path], object]) -> Plot:
+    """A plot from a function that needs a path ending in ``.png`` (matplotlib's format).
+
+    It writes into a temporary folder beside the scratch path; the PNG is then moved there.
+    """
+
+    def plot(path: Path) -> None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".geocam-plot-") as folder:
+            made = Path(folder) / "plot.png"
+            write(made)
+            os.replace(made, path)
+
+    return plot
 
 
 def _save(figure: Any, path: Path) -> None:

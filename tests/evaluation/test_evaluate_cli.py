@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from conftest import tiny_preset
 from PIL import Image
 
 from geocam.cli import cli
@@ -171,3 +172,92 @@ def test_a_failing_plot_takes_the_report_with_it(
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and result.output == "geocam: error: the ROC plot failed\n"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def tiny_scene(tmp_path: Path) -> tuple[Path, Path]:
+    """A small 3-band scene (a dark block in noise, a nodata strip) and a tiny random network."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(1, 255, (3, 96, 128)).astype(np.uint8)
+    pixels[:, :40, :50] = 30
+    pixels[:, :, :6] = 0
+    scene = tmp_path / "inputs" / "scene.tif"
+    scene.parent.mkdir()
+    profile = {"driver": "GTiff", "width": 128, "height": 96, "count": 3, "dtype": "uint8",
+               "crs": "EPSG:32631", "nodata": 0,
+               "transform": rasterio.transform.from_origin(500_000, 5_000_000, 10, 10)}  # fmt: skip
+    with rasterio.open(scene, "w", **profile) as dataset:
+        dataset.write(pixels)
+    preset = tmp_path / "inputs" / "tiny.yaml"
+    preset.write_text(tiny_preset("[land, water]", tile=64, overlap=16))
+    return scene, preset
+
+
+def tiny(command: str, scene: Path, preset: Path, out: Path, *extra: str) -> list[str]:
+    return ["evaluate", command, str(scene), "-c", str(preset), "--class", "water",
+            "--region", "all", "--device", "cpu", "-o", str(out), *extra]  # fmt: skip
+
+
+def test_randomisation_report(tiny_scene: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    args = tiny("randomisation", *tiny_scene, out, "--cascading-only", "--seed", "3", "-q")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "randomisation.json",
+        "randomisation_curve.png",
+    ]
+    report = json.loads((out / "randomisation.json").read_text())
+    found = report["randomisation"]
+    assert report["settings"]["seed"] == 3 and report["settings"]["method"] == "gradcam"
+    assert found["independent"] == [] and len(found["cascading"]) == len(found["blocks"]) > 2
+    assert found["blocks"][0] == "segmentation_head"  # from the output down
+    assert found["final"] == found["cascading"][-1]["similarity"]
+    assert isinstance(found["passed"], bool) and found["passed"] == (found["failures"] == [])
+    with Image.open(out / "randomisation_curve.png") as image:
+        assert image.format == "PNG"
+
+
+def test_faithfulness_report(tiny_scene: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    args = tiny("faithfulness", *tiny_scene, out / "water", "--steps", "4", "--seeds", "2")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "deletion  AUC" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["water.json", "water_curves.png"]
+    report = json.loads((out / "water.json").read_text())
+    found = report["faithfulness"]
+    assert report["settings"]["steps"] == 4 and found["auc"]["random_seeds"] == 2
+    deletion = found["curves"]["deletion_morf"]
+    assert deletion["fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    area = np.trapezoid(deletion["mean"], deletion["fractions"])
+    assert found["auc"]["deletion_morf"] == pytest.approx(area, rel=1e-12)
+    assert found["valid_pixels"] == 96 * (128 - 6)  # the nodata strip is never perturbed
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "expected"),
+    [
+        ("randomisation", ["--class", "trees"], "unknown class 'trees'"),
+        ("faithfulness", ["--class", "trees"], "unknown class 'trees'"),
+        ("faithfulness", ["--baseline", "epoch"], "epoch"),
+        ("randomisation", ["--where", "a=b"], "--where a=b: filters a vector region"),
+    ],
+)
+def test_bad_inputs_of_every_command_are_one_line_and_leave_nothing(
+    tiny_scene: tuple[Path, Path], tmp_path: Path, command: str, extra: list[str], expected: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    args = tiny(command, *tiny_scene, out / "report", "-q")
+    if "--class" in extra:
+        at = args.index("--class")
+        del args[at : at + 2]
+    before = snapshot(tmp_path)
+    result = CliRunner().invoke(cli, [*args, *extra])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("geocam: error: ") and result.output.count("\n") == 1
+    assert expected in result.output, result.output
+    assert snapshot(tmp_path) == before
