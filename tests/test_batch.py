@@ -296,10 +296,12 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, Path, dict[str, str]]]:
     """A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, started apart:
-    ``gpu0`` advertises ``--resources GPU=1``, ``cpu0`` nothing. The address, and the workers'
-    names by address."""
+    ``gpu0`` advertises ``--resources GPU=1``, ``cpu0`` nothing. The scheduler's address and
+    file, and the workers' names by address."""
     file = tmp_path_factory.mktemp("cluster") / "scheduler.json"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     dask = [sys.executable, "-m", "dask"]
@@ -322,7 +324,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dic
         with Client(address, timeout="30s") as client:  # type: ignore[no-untyped-call]
             client.wait_for_workers(2, timeout=60)
             names = {a: str(w["name"]) for a, w in client.scheduler_info()["workers"].items()}
-        yield address, names
+        yield address, file, names
     finally:
         stop(processes)
 
@@ -360,13 +362,13 @@ def same_folders(a: Path, b: Path) -> None:
 @pytest.mark.slow
 @needs_data
 def test_real_scenes_on_a_scheduler_and_workers_started_apart(
-    cluster: tuple[str, dict[str, str]], tmp_path: Path
+    cluster: tuple[str, Path, dict[str, str]], tmp_path: Path
 ) -> None:
     from distributed import Client
 
     from geocam.batch.dask import worker_loads, worker_tasks
 
-    address, names = cluster
+    address, file, names = cluster
     pucallpa = DATA / "pucallpa"
     broken = tmp_path / "broken_1985.tif"  # a real raster cut short: its pixels cannot be read
     data = (pucallpa / "landsat_1985.tif").read_bytes()
@@ -380,9 +382,10 @@ def test_real_scenes_on_a_scheduler_and_workers_started_apart(
                      "--class", "deforestation", "--hotspots")  # fmt: skip
     raleigh = (DATA / "raleigh" / "nc_lsat7_2000_b123457_uint8.tif", "-c",
                CONFIGS / "landcover_raleigh.yaml", "--class", "forest", "--class-map")  # fmt: skip
-    gpu = ("--scheduler", address, "--resources", "GPU=1")
     runs = {}
-    for name, args in (("deforestation", deforestation), ("landcover", raleigh)):
+    for name, args, scheduler in (("deforestation", deforestation, address),
+                                  ("landcover", raleigh, file)):  # fmt: skip
+        gpu = ("--scheduler", scheduler, "--resources", "GPU=1")  # its address, or its file
         here, there = tmp_path / f"{name}_in_process", tmp_path / f"{name}_cluster"
         code, output, scenes = real_batch(here, *args)
         code_there, output_there, scenes_there = real_batch(there, *args, *gpu)

@@ -91,7 +91,11 @@ def parse_resources(text: str | None) -> dict[str, float]:
     type=click.IntRange(min=1),
     help="Run on a local Dask cluster of N worker processes (needs geocam[dask]).",
 )
-@click.option("--scheduler", help="Run on an existing Dask cluster: its scheduler's address.")
+@click.option(
+    "--scheduler",
+    help="Run on an existing Dask cluster: its scheduler's address, or the JSON file of "
+    "`dask scheduler --scheduler-file`.",
+)
 @click.option(
     "--resources",
     help="Dask resources each scene needs, e.g. GPU=1 [default: GPU=1 with --device cuda].",

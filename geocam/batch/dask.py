@@ -20,6 +20,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin
@@ -226,8 +227,10 @@ def dask_executor(
 ) -> Iterator[DaskExecutor]:
     """A :class:`DaskExecutor` on a new local cluster of ``workers`` processes, or on ``scheduler``.
 
-    A local cluster listens on 127.0.0.1 only, runs one thread per worker and, with
-    ``resources``, advertises them on every worker (they share this machine's devices).
+    ``scheduler`` is an address, or the JSON file that ``dask scheduler --scheduler-file``
+    writes (a shared file system's way to find it, as on Slurm). A local cluster listens on
+    127.0.0.1 only, runs one thread per worker and, with ``resources``, advertises them on
+    every worker (they share this machine's devices).
     """
     from distributed import Client, LocalCluster
 
@@ -235,8 +238,11 @@ def dask_executor(
     try:
         if scheduler is not None:
             try:
-                client = Client(scheduler, timeout="30s")  # type: ignore[no-untyped-call]
-            except (OSError, TimeoutError, ValueError) as error:
+                where = {"scheduler_file": scheduler} if Path(scheduler).is_file() else {}
+                client = Client(  # type: ignore[no-untyped-call]
+                    None if where else scheduler, timeout="30s", **where
+                )
+            except (OSError, TimeoutError, ValueError, KeyError) as error:
                 raise GeocamError(f"--scheduler {scheduler}: cannot connect ({error})") from None
             description = f"dask scheduler {scheduler}"
         else:
