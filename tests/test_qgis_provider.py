@@ -34,7 +34,10 @@ def test_describe_is_click_in_both_directions() -> None:
     for name, param in clicked.items():
         assert params[name]["flags"] == list(param.opts), name
         assert params[name]["required"] == param.required, name
-    assert params["method"]["choices"] == ["gradcam", "hirescam", "gradcam++", "layercam"]
+    assert params["method"]["choices"] == [
+        "gradcam", "hirescam", "gradcam++", "layercam",
+        "saliency", "inputxgradient", "guided-backprop", "guided-gradcam", "occlusion",
+    ]  # fmt: skip
     assert params["qml"]["secondary_flags"] == ["--no-qml"]
     assert "qgis install" in described()
 
