@@ -150,11 +150,17 @@ def threshold_iou(scores: np.ndarray, labels: np.ndarray, threshold: float) -> t
 def random_iou(total: int, labelled: int, selected: int) -> float:
     """Expected IoU of ``selected`` of ``total`` pixels drawn at random with ``labelled`` ones.
 
-    ``E[I / (n + K - I)]`` with ``I ~ Hypergeometric(total, K, n)``, summed exactly in float64.
+    ``E[I / (n + K - I)]`` with ``I ~ Hypergeometric(total, K, n)``, summed in float64 over
+    every ``I`` within 40 standard deviations of its mean (the rest is below float64's reach).
     """
     if not (0 <= labelled <= total and 0 <= selected <= total):
         raise ValueError("labelled and selected must lie in 0..total")
     low, high = max(0, selected + labelled - total), min(selected, labelled)
+    mean = selected * labelled / total if total else 0.0
+    spread = math.sqrt(mean * (1 - labelled / total) * (total - selected) / max(total - 1, 1))
+    # beyond 40 standard deviations the terms are below 1e-300: not summed (large scenes)
+    low = max(low, math.floor(mean - 40 * spread) - 1)
+    high = min(high, math.ceil(mean + 40 * spread) + 1)
     shared = np.arange(low, high + 1, dtype=np.float64)
     log_p = np.array(
         [

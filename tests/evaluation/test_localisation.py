@@ -106,6 +106,13 @@ def test_random_iou_is_the_mean_over_every_subset() -> None:
         subsets = itertools.combinations(range(total), selected)
         ious = [len(annotated & set(s)) / len(annotated | set(s)) for s in subsets]
         assert random_iou(total, labelled, selected) == pytest.approx(np.mean(ious), rel=1e-12)
+    # against scipy's hypergeometric distribution over every possible intersection
+    stats = pytest.importorskip("scipy.stats")
+    total, labelled, selected = 30_000, 9_000, 12_000
+    shared = np.arange(0, labelled + 1)
+    pmf = stats.hypergeom(total, labelled, selected).pmf(shared)
+    expected = np.sum(pmf * shared / (selected + labelled - shared))
+    assert random_iou(total, labelled, selected) == pytest.approx(expected, rel=1e-10)
     # large scenes: close to the plug-in p / (2 - p) at n = K
     share = 0.3
     assert random_iou(100_000, 30_000, 30_000) == pytest.approx(share / (2 - share), rel=1e-3)
