@@ -261,3 +261,37 @@ def test_bad_inputs_of_every_command_are_one_line_and_leave_nothing(
     assert result.output.startswith("geocam: error: ") and result.output.count("\n") == 1
     assert expected in result.output, result.output
     assert snapshot(tmp_path) == before
+
+
+def test_localisation_on_a_lon_lat_scene_measures_the_tolerance_in_metres(
+    tiny_scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """EPSG:4326 pixels (0.0009 degrees at 8.4 S, about Pucallpa's) are measured in metres."""
+    scene, preset = tiny_scene
+    with rasterio.open(scene) as source:
+        pixels, profile = source.read(), source.profile
+    step = 0.0009
+    profile |= {"crs": "EPSG:4326",
+                "transform": rasterio.transform.from_origin(-74.6, -8.4, step, step)}  # fmt: skip
+    lonlat = tmp_path / "inputs" / "lonlat.tif"
+    with rasterio.open(lonlat, "w", **profile) as out:
+        out.write(pixels)
+    box = f"bbox:{-74.6 + 60 * step},{-8.4 - 60 * step},{-74.6 + 100 * step},{-8.4 - 20 * step}"
+    args = tiny("localisation", lonlat, preset, tmp_path / "box", "--annotation", box,
+                "--tolerance-m", "150", "-q")  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "box.json").read_text())
+    width, height = report["annotation"]["pixel_m"]
+    # the WGS 84 ellipsoid's radii of curvature at the scene's centre
+    latitude = np.radians(8.4 + 48 * step)
+    a, flattening = 6_378_137.0, 1 / 298.257223563
+    e2 = flattening * (2 - flattening)
+    normal = a / np.sqrt(1 - e2 * np.sin(latitude) ** 2)
+    meridional = a * (1 - e2) / (1 - e2 * np.sin(latitude) ** 2) ** 1.5
+    assert width == pytest.approx(normal * np.cos(latitude) * np.radians(step), rel=1e-4)
+    assert height == pytest.approx(meridional * np.radians(step), rel=1e-4)
+    assert report["annotation"]["annotated_pixels"] == 40 * 40
+    # 150 m is one pixel (~99 m) in every direction and the diagonal (~140 m): a 42 x 42 block
+    game = {row["name"]: row for row in report["figures"]}["pointing game"]
+    assert game["chance"] == pytest.approx(42 * 42 / (96 * (128 - 6)), rel=1e-12)
