@@ -98,6 +98,7 @@ def test_the_command_line_offers_every_method() -> None:
     assert METHOD_CHOICES == METHODS + PIXEL_METHODS
 
 
+@pytest.mark.slow  # loads the demo model and times one batch of 256-pixel tiles (5-15 s)
 def test_command_line_occlusion_refusal_writes_nothing(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "forest.tif"
     result = CliRunner().invoke(
@@ -113,3 +114,32 @@ def test_command_line_occlusion_refusal_writes_nothing(shared_data: Path, tmp_pa
     assert len(lines) == 1 and lines[0].startswith("geocam: error: occlusion would take about")
     assert "--occlusion-max-seconds (0.001)" in lines[0] and "--occlusion-force" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_guided_backprop_of_the_relu6_demo_model_through_scene_maps(shared_data: Path) -> None:
+    # what model randomisation needs: the demo model (44 ReLU6 modules) through scene_maps,
+    # given back exactly as it was
+    from geocam.config import load_config
+    from geocam.evaluation.scene import Scene, load_scene, scene_maps
+    from geocam.models import build_model
+    from geocam.sources import Grid
+
+    preset = load_config("configs/landcover_raleigh.yaml")
+    model = build_model(preset.spec)
+    whole = load_scene(
+        shared_data / "raleigh" / "nc_lsat7_2000_b123457_uint8.tif", preset.spec,
+        fallback_nodata=preset.nodata,
+    )  # fmt: skip
+    grid = whole.grid
+    crop = Scene(
+        whole.pixels[:, 200:328, 200:328], whole.valid[200:328, 200:328],
+        Grid(grid.crs, grid.transform, 128, 128),
+    )  # fmt: skip
+    before = [(m, dict(m.__dict__)) for m in model.modules()]
+    heat, report = scene_maps(
+        model, preset.spec, crop, Explanation(("forest",), method="guided-backprop"),
+        tiling=Tiling(128, 64),
+    )  # fmt: skip
+    assert heat.shape == (1, 2, 128, 128) and report.passes == 1
+    assert np.isfinite(heat).all() and np.abs(heat[0, 1]).max() > 0
+    assert [(m, dict(m.__dict__)) for m in model.modules()] == before

@@ -127,3 +127,19 @@ def test_the_cost_bound() -> None:
     assert "OcclusionOptions.max_seconds (100)" in message and "\n" not in message
     assert check_cost(1000, 0.5, 4, OcclusionOptions(max_seconds=100, force=True)) == 125
     assert check_cost(1000, 0.5, 4, OcclusionOptions(max_seconds=125)) == 125
+
+
+def test_blur_baseline_by_hand() -> None:
+    # a constant image stays constant (the kernel sums to 1, edges replicated); an impulse
+    # spreads symmetrically and keeps its sum away from the edges
+    flat = torch.full((1, 2, 9, 9), 3.0, dtype=torch.float64)
+    torch.testing.assert_close(blurred(flat, 1.0), flat, rtol=1e-15, atol=1e-15)
+    impulse = torch.zeros(1, 1, 15, 15, dtype=torch.float64)
+    impulse[0, 0, 7, 7] = 1.0
+    out = blurred(impulse, 1.0)[0, 0]
+    torch.testing.assert_close(out.sum(), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(out, out.T, rtol=0, atol=0)
+    torch.testing.assert_close(out, out.flip(0), rtol=0, atol=0)
+    # the centre weight is the 1-D normalised Gaussian's centre squared
+    g = torch.exp(-0.5 * torch.arange(-3, 4, dtype=torch.float64) ** 2)
+    torch.testing.assert_close(out[7, 7], (g[3] / g.sum()) ** 2)
