@@ -178,8 +178,8 @@ def evaluate() -> None:
 @scene_options
 @click.option(
     "--annotation", required=True,
-    help="Where the class truly is: mask:PATH (a raster, any CRS) or vector:PATH[:LAYER] "
-    "(polygons, any CRS; outside them is not the class).",
+    help="Where the class truly is: mask:PATH (a raster, any CRS), vector:PATH[:LAYER] "
+    "(polygons, any CRS; outside them is not the class) or bbox:MINX,MINY,MAXX,MAXY[,CRS].",
 )  # fmt: skip
 @click.option("--annotation-value", type=float, help="The class's value in a mask annotation.")
 @click.option("--annotation-where", help="FIELD=VALUE: the class's polygons, e.g. name=tree.")
@@ -203,7 +203,8 @@ def localisation(
     options = SceneOptions(**common)
     paths = report.report_paths(options.out, "localisation", ("map", "roc"))
     kind, _, rest = annotation.partition(":")
-    files = [("annotation", Path(rest.partition(":")[0] if kind == "vector" else rest))]
+    file = {"mask": rest, "vector": rest.partition(":")[0]}.get(kind)
+    files = [("annotation", Path(file))] if file else []
     with Destination(paths, inputs=options.inputs(*files), overwrite=options.overwrite) as out:
         run = open_run(options)
         truth = read_annotation(
