@@ -8,6 +8,7 @@ import fiona
 import numpy as np
 import pytest
 import rasterio
+import torch
 
 from geocam.errors import GeocamError
 from geocam.evaluation.hotspots import (
@@ -22,6 +23,7 @@ from geocam.evaluation.hotspots import (
 from geocam.evaluation.perturbation import mean_fill
 from geocam.evaluation.scene import Scene
 from geocam.evaluation.scores import RegionScorer
+from geocam.models import ModelSpec
 from geocam.products import write_hotspots
 from geocam.scene import Explanation, Runtime, Tiling
 
@@ -137,3 +139,40 @@ def test_nothing_to_occlude_says_what_to_fix(tmp_path: Path) -> None:
     report = occlude_hotspots(scorer(scene), map_hotspots(hot_map(), scene, 4, "p10"), patches=2)
     with pytest.raises(GeocamError, match="no hotspots file"):
         write_occlusion_fields(tmp_path / "missing.gpkg", report)
+
+
+class PairNet(torch.nn.Module):
+    """Two epochs of two bands: ``logit_1 = (1, -1) . early + (2, 0.5) . late``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feat = torch.nn.Conv2d(4, 4, 1, bias=False)
+        self.head = torch.nn.Conv2d(4, 2, 1, bias=False)
+        with torch.no_grad():
+            self.feat.weight.copy_(torch.eye(4).view(4, 4, 1, 1))
+            self.head.weight.copy_(torch.tensor([[0.0] * 4, PAIR_W]).view(2, 4, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.feat(x))
+
+
+PAIR_W = [1.0, -1.0, 2.0, 0.5]
+
+
+def test_epoch_counterfactual_puts_the_early_pixels_in_the_hotspot() -> None:
+    base = linear_scene()
+    early = base.pixels[:2]
+    late = base.pixels[1:3]
+    scene = Scene(np.concatenate([early, late]), base.valid, base.grid)
+    spec = ModelSpec("pair", "none", 4, ("other", "change"), bands=((1, 2), (1, 2)),
+                     layer="feat")  # fmt: skip
+    explanation = Explanation(classes=("change",), region="all")
+    s = RegionScorer(PairNet().double().eval(), spec, scene, explanation, tiling=Tiling(16, 8),
+                     runtime=CPU)  # fmt: skip
+    hotspots = map_hotspots(hot_map(), scene, stride=4, rule="p10")
+    report = occlude_hotspots(s, hotspots, baseline="epoch", patches=3)
+    # inside the hotspot the late bands become the early ones: the late weights see early - late
+    change = np.einsum("c,chw->hw", np.array(PAIR_W[2:]), (early - late).astype(np.float64))
+    for hotspot, result in zip(hotspots, report.hotspots, strict=True):
+        assert result.drop == pytest.approx(-change[hotspot.mask].sum(), rel=1e-9)
+    assert report.baseline == "epoch"
