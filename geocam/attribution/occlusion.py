@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 import numpy as np
@@ -58,14 +58,15 @@ class OcclusionOptions:
     ``patch`` side and ``stride`` in pixels (None: the scene engine takes the target layer's
     stride for the patch, and the patch for the stride: one patch per feature cell);
     ``baseline`` what hides the patch; a scene run whose estimate exceeds ``max_seconds`` is
-    refused unless ``force``.
+    refused unless ``force``. Those two say whether to run, not what the maps are: they are
+    left out of comparisons and ``repr`` (a run's identity, so a resumed run may change them).
     """
 
     patch: int | None = None
     stride: int | None = None
     baseline: Baseline = "mean"
-    max_seconds: float = 300.0
-    force: bool = False
+    max_seconds: float = field(default=300.0, compare=False, repr=False)
+    force: bool = field(default=False, compare=False, repr=False)
 
     def resolved(self, layer_stride: int) -> OcclusionOptions:
         """These options with the defaults filled in from the target layer's stride."""

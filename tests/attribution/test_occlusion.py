@@ -143,3 +143,10 @@ def test_blur_baseline_by_hand() -> None:
     # the centre weight is the 1-D normalised Gaussian's centre squared
     g = torch.exp(-0.5 * torch.arange(-3, 4, dtype=torch.float64) ** 2)
     torch.testing.assert_close(out[7, 7], (g[3] / g.sum()) ** 2)
+
+
+def test_the_bound_is_not_part_of_a_runs_identity() -> None:
+    # a resumed run is identified by repr(explanation): the bound and force may change
+    assert repr(OcclusionOptions(4, max_seconds=1, force=True)) == repr(OcclusionOptions(4))
+    assert OcclusionOptions(4, 2) != OcclusionOptions(4, 4)
+    assert repr(OcclusionOptions(4, 2, "blur")) != repr(OcclusionOptions(4, 2))
