@@ -153,7 +153,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(
 
 
 def test_a_failing_plot_takes_the_report_with_it(
-    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_scene: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The JSON and the plots are committed together: a plot that fails leaves none of them."""
     from geocam.errors import GeocamError
@@ -167,11 +167,13 @@ def test_a_failing_plot_takes_the_report_with_it(
         return plot
 
     monkeypatch.setattr(report, "roc_plot", failing)
-    args = localisation(shared_data, tmp_path / "forest", "--annotation",
-                        f"mask:{shared_data / STRATA}", "--annotation-value", "5")  # fmt: skip
+    out = tmp_path / "out"
+    out.mkdir()
+    box = "bbox:500300,4999100,500700,4999500"
+    args = tiny("localisation", *tiny_scene, out / "water", "--annotation", box)
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and result.output == "geocam: error: the ROC plot failed\n"
-    assert list(tmp_path.iterdir()) == []
+    assert list(out.iterdir()) == []
 
 
 @pytest.fixture
