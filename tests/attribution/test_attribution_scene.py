@@ -143,3 +143,37 @@ def test_guided_backprop_of_the_relu6_demo_model_through_scene_maps(shared_data:
     assert heat.shape == (1, 2, 128, 128) and report.passes == 1
     assert np.isfinite(heat).all() and np.abs(heat[0, 1]).max() > 0
     assert [(m, dict(m.__dict__)) for m in model.modules()] == before
+
+
+@pytest.mark.slow  # the whole command line with its GIS products (3-15 s)
+def test_command_line_occlusion_writes_the_same_products(tmp_path: Path) -> None:
+    # a 64 x 64 scene of one tile through geocam explain: the heatmap's bands and tags say
+    # which method and patch made it; native resolution is refused naming its flag
+    import rasterio
+    from conftest import tiny_preset
+    from test_sources import declared
+
+    scene = declared(tmp_path, "nodata", size=64)
+    config = tmp_path / "preset.yaml"
+    config.write_text(tiny_preset() + "bands: [[1, 2, 3]]\n")
+    out = tmp_path / "heat.tif"
+    args = [
+        "explain", str(scene), "-c", str(config), "--class", "land", "--region", "all",
+        "--method", "occlusion", "--occlusion-patch", "16", "--occlusion-stride", "8", "-q",
+    ]  # fmt: skip
+    native = CliRunner().invoke(cli, [*args, "-o", str(out), "--resolution", "native"])
+    assert native.exit_code != 0 and not out.exists()
+    assert native.output.strip() == (
+        "geocam: error: occlusion maps input pixels and has no layer grid: use --resolution source"
+    )
+    result = CliRunner().invoke(cli, [*args, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as heat:
+        tags = heat.tags()
+        values = heat.read()
+        assert heat.descriptions == ("land positive", "land signed")
+    assert tags["GEOCAM_METHOD"] == "occlusion" and tags["GEOCAM_PASSES"] == "1"
+    assert tags["GEOCAM_OCCLUSION"] == "patch 16, stride 8, mean"
+    finite = np.isfinite(values[1])
+    assert finite.any() and np.abs(values[1][finite]).max() > 0
+    np.testing.assert_array_equal(values[0][finite], np.maximum(values[1][finite], 0))
