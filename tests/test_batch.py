@@ -223,6 +223,20 @@ def test_tiles_within_scenes_are_reported_and_shown(world: Path, tmp_path: Path)
     assert code == 0 and "8/8 [" in output and "1/1 [" in output  # tiles, then scenes
 
 
+def test_the_tile_bar_ignores_a_report_that_comes_after_its_scene() -> None:
+    from geocam.batch.run import TileBar
+
+    heard: list[tuple[str, int, int]] = []
+    bar = TileBar(True, lambda *r: heard.append(r))
+    bar("a", 1, 4)
+    bar("b", 2, 6)
+    assert (bar.bar.n, bar.bar.total) == (3, 10)
+    bar.finished("a")  # its result: all its tiles are done, whatever was last reported
+    bar("a", 3, 4)  # an event still in flight
+    assert (bar.bar.n, bar.bar.total) == (6, 10) and heard == [("a", 1, 4), ("b", 2, 6)]
+    bar.close()
+
+
 @pytest.fixture(scope="module")
 def in_process(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference outputs of the three scenes, in this process."""

@@ -248,7 +248,8 @@ class TileBar:
     """The second progress bar: tiles done and known over the scenes begun so far.
 
     Fed by :data:`TileProgress` reports (possibly from another thread, hence the lock); a
-    scene's total is known once its first tile is reported, so the bar's total grows.
+    scene's total is known once its first tile is reported, so the bar's total grows. A report
+    that arrives after its scene's result (Dask events travel apart from results) is ignored.
     """
 
     def __init__(self, disable: bool | None, listener: TileProgress | None = None) -> None:
@@ -257,11 +258,14 @@ class TileBar:
         self.bar = tqdm(total=0, unit="tile", disable=disable, position=1, leave=False)
         self.listener = listener
         self.scenes: dict[str, tuple[int, int]] = {}
+        self.over: set[str] = set()
         self.lock = threading.Lock()
 
     def __call__(self, name: str, done: int, total: int) -> None:
         """Record ``name``'s tiles and redraw."""
         with self.lock:
+            if name in self.over:
+                return
             self.scenes[name] = (done, total)
             self.bar.total = sum(t for _, t in self.scenes.values())
             self.bar.n = sum(d for d, _ in self.scenes.values())
@@ -272,6 +276,7 @@ class TileBar:
     def finished(self, name: str) -> None:
         """``name`` is over: its tiles count as done (the last report may still be in flight)."""
         with self.lock:
+            self.over.add(name)
             _, total = self.scenes.get(name, (0, 0))
             self.scenes[name] = (total, total)
             self.bar.n = sum(d for d, _ in self.scenes.values())
