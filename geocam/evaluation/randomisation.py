@@ -234,12 +234,15 @@ def randomise_block(model: nn.Module, block: Block, seed: int) -> None:
     """
     generator = torch.Generator().manual_seed(seed)
     for path in block.modules:
-        try:
-            root = model.get_submodule(path)
-        except AttributeError:
-            raise GeocamError(f"block {block.name!r}: the model has no module {path!r}") from None
-        for module in root.modules():
+        for module in _submodule(model, block, path).modules():
             _randomise_module(module, generator)
+
+
+def _submodule(model: nn.Module, block: Block, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise GeocamError(f"block {block.name!r}: the model has no module {path!r}") from None
 
 
 def randomised_copy(model: nn.Module, blocks: Sequence[Block], seeds: Sequence[int]) -> nn.Module:
@@ -557,7 +560,9 @@ def _watch(model: nn.Module, blocks: Sequence[Block]) -> Iterator[dict[str, bool
             called[name] = True
 
         for path in block.modules:  # every module: a ModuleList itself is never called
-            handles += [m.register_forward_hook(hook) for m in model.get_submodule(path).modules()]
+            handles += [
+                m.register_forward_hook(hook) for m in _submodule(model, block, path).modules()
+            ]
     try:
         yield called
     finally:

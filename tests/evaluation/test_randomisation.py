@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -246,6 +247,8 @@ def test_zero_maps_are_a_step_result_not_a_crash() -> None:
     assert report.final.similarity.spearman_abs == 0.0 and report.final.entropy == 0.0
     assert report.passed
 
+    with pytest.raises(GeocamError, match="the model has no module 'nowhere'"):
+        randomisation_check(model, maps, blocks=[Block("x", ("nowhere",))])
     with pytest.raises(GeocamError, match="original model's map is empty or zero"):
         randomisation_check(model, lambda m: np.zeros((8, 8)))
     with pytest.raises(GeocamError, match=r"one \(H, W\) map"):
@@ -354,40 +357,61 @@ def test_one_class_at_a_time() -> None:
 # --- the demo models (slow) ----------------------------------------------------------------------
 
 ROOT = Path(__file__).parents[2]
+DEMOS = {
+    "raleigh": ("landcover_raleigh.yaml", ("raleigh/nc_lsat7_2000_b123457_uint8.tif",), "forest"),
+    "pucallpa": (
+        "deforestation_pucallpa.yaml",
+        ("pucallpa/landsat_1985.tif", "pucallpa/landsat_2020.tif"),
+        "deforestation",
+    ),
+}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("config", "sources", "cls"),
-    [
-        ("landcover_raleigh.yaml", ["raleigh/nc_lsat7_2000_b123457_uint8.tif"], "forest"),
-        (
-            "deforestation_pucallpa.yaml",
-            ["pucallpa/landsat_1985.tif", "pucallpa/landsat_2020.tif"],
-            "deforestation",
-        ),
-    ],
-)
-def test_gradcam_of_the_demo_models_passes_and_the_edge_map_fails(
-    shared_data: Path, config: str, sources: list[str], cls: str
-) -> None:
+@functools.cache
+def demo_reports(name: str, data: Path, method: str) -> tuple[RandomisationReport, ...]:
+    """The cascading check of ``method`` on a demo model, and the edge-map control's."""
     from geocam.config import load_config
     from geocam.evaluation.scene import load_scene
     from geocam.models import build_model
 
+    config, sources, cls = DEMOS[name]
     preset = load_config(ROOT / "configs" / config)
     model = build_model(preset.spec)
     before = snapshot(model)
-    scene = load_scene(
-        [shared_data / s for s in sources], preset.spec, fallback_nodata=preset.nodata
-    )
+    scene = load_scene([data / s for s in sources], preset.spec, fallback_nodata=preset.nodata)
     tiling = Tiling(tile=preset.tile, overlap=preset.overlap)
-    maps = scene_map_function(
-        model, preset.spec, scene, Explanation(classes=(cls,)), tiling=tiling, runtime=CPU
-    )
-    report = randomisation_check(model, maps, independent=False)
+    explanation = Explanation(classes=(cls,), method=method)  # type: ignore[arg-type]
+    try:
+        maps = scene_map_function(
+            model, preset.spec, scene, explanation, tiling=tiling, runtime=CPU
+        )
+    except GeocamError as error:
+        pytest.skip(f"{method} is not available here: {error}")
+    report = randomisation_check(model, maps, independent=False, label=f"{method} {name}")
+    control = randomisation_check(model, edge_map_function(scene), independent=False)
+    assert_same_state(snapshot(model), before)  # the caller's model is untouched, bitwise
+    return report, control
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(DEMOS))
+def test_gradcam_of_the_demo_models_passes_and_the_edge_map_fails(
+    shared_data: Path, name: str
+) -> None:
+    report, control = demo_reports(name, shared_data, "gradcam")
     assert report.passed, report.table()
     assert len(report.blocks) == 14 and not report.skipped
-    control = randomisation_check(model, edge_map_function(scene), independent=False)
     assert not control.passed
-    assert_same_state(snapshot(model), before)
+
+
+@pytest.mark.slow
+def test_guided_backprop_stays_more_similar_than_gradcam(shared_data: Path) -> None:
+    """Adebayo et al. (2018) on a ReLU6 network: Guided Backprop barely notices the
+    randomisation of the layers near the output, Grad-CAM does."""
+    gradcam, _ = demo_reports("raleigh", shared_data, "gradcam")
+    guided, _ = demo_reports("raleigh", shared_data, "guided-backprop")
+    for measure in ("spearman_abs", "spearman_signed"):
+        assert getattr(guided.mean(), measure) > getattr(gradcam.mean(), measure), measure
+    # the head alone randomised: Guided Backprop's map keeps its ranking, Grad-CAM's loses it
+    assert guided.cascading[0].similarity.spearman_abs > 0.9
+    assert gradcam.cascading[0].similarity.spearman_abs < 0.5
