@@ -249,7 +249,8 @@ class TileBar:
 
     Fed by :data:`TileProgress` reports (possibly from another thread, hence the lock); a
     scene's total is known once its first tile is reported, so the bar's total grows. A report
-    that arrives after its scene's result (Dask events travel apart from results) is ignored.
+    that arrives after its scene's result (Dask events travel apart from results) leaves the bar
+    as it is.
     """
 
     def __init__(self, disable: bool | None, listener: TileProgress | None = None) -> None:
@@ -262,14 +263,13 @@ class TileBar:
         self.lock = threading.Lock()
 
     def __call__(self, name: str, done: int, total: int) -> None:
-        """Record ``name``'s tiles and redraw."""
+        """Record ``name``'s tiles and redraw; tell the listener (it hears every report)."""
         with self.lock:
-            if name in self.over:
-                return
-            self.scenes[name] = (done, total)
-            self.bar.total = sum(t for _, t in self.scenes.values())
-            self.bar.n = sum(d for d, _ in self.scenes.values())
-            self.bar.refresh()
+            if name not in self.over:
+                self.scenes[name] = (done, total)
+                self.bar.total = sum(t for _, t in self.scenes.values())
+                self.bar.n = sum(d for d, _ in self.scenes.values())
+                self.bar.refresh()
         if self.listener is not None:
             self.listener(name, done, total)
 
