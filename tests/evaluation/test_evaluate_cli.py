@@ -297,3 +297,10 @@ def test_localisation_on_a_lon_lat_scene_measures_the_tolerance_in_metres(
     # 150 m is one pixel (~99 m) in every direction and the diagonal (~140 m): a 42 x 42 block
     game = {row["name"]: row for row in report["figures"]}["pointing game"]
     assert game["chance"] == pytest.approx(42 * 42 / (96 * (128 - 6)), rel=1e-12)
+
+
+def test_evaluate_offers_the_methods_of_explain() -> None:
+    from geocam import cli as main
+    from geocam.evaluation import command
+
+    assert command.METHODS == main.METHOD_CHOICES
