@@ -3,13 +3,14 @@
 An explanation that explains the *model* must change when the model's learned parameters are
 destroyed. The check re-initialises the network **block by block** in data-flow order from
 the output (the segmentation head, the decoder's blocks from last to first, the encoder's
-stages from deepest to first, the stem last; :func:`discover_blocks`), cascading (each step
-keeps the blocks randomised before it) and independently (one block at a time), and compares
-each randomised model's map with the original one (:mod:`geocam.evaluation.similarity`):
-Spearman's rank correlation of the signed and of the absolute maps, SSIM, and the eMPRT score
-(relative rise of the map's histogram entropy once every block is randomised, Hedström et al.
-2024). All are reported; the averages over steps never include the original-vs-original
-entry.
+stages from deepest to first, the stem last: :func:`discover_blocks` finds them in the
+model's structure, the original map's forward pass orders them as it runs them), cascading
+(each step keeps the blocks randomised before it) and independently (one block at a time),
+and compares each randomised model's map with the original one
+(:mod:`geocam.evaluation.similarity`): Spearman's rank correlation of the signed and of the
+absolute maps, SSIM, and the eMPRT score (relative rise of the map's histogram entropy once
+every block is randomised, Hedström et al. 2024). All are reported; the averages over steps
+never include the original-vs-original entry.
 
 Re-initialisation (:func:`randomise_block`) is real: every module with parameters in the
 block gets its default initialiser (``reset_parameters``: convolutions and linear layers) from
@@ -75,7 +76,7 @@ from geocam.scene.specs import ProductSpec
 MapFunction = Callable[[nn.Module], np.ndarray]
 """A model's ``(H, W)`` signed map of one scene, NaN where nodata."""
 
-_STAGE_LISTS = ("blocks", "stages", "layers", "features")
+_STAGE_LISTS = ("blocks", "_blocks", "stages", "layers", "features")
 """Names of an encoder's child lists whose elements are stages in data-flow order."""
 
 
@@ -109,9 +110,13 @@ def discover_blocks(model: nn.Module) -> list[Block]:
     to first (smp's ResNets ``layer4`` .. ``layer1``, only those its depth runs; timm
     encoders ``encoder.model``'s ``blocks``/``stages`` elements or stage children), then the
     stem (the single layers before the first stage, one block). Other networks: their
-    top-level children with parameters in reverse order of registration (the usual order of
-    ``forward``; a network that registers them otherwise is randomised in that order). An
-    smp ``classification_head`` is not on the segmentation path and is left alone.
+    top-level children with parameters in reverse order of registration. An smp
+    ``classification_head`` is not on the segmentation path and is left alone.
+
+    This is the order of registration; :func:`randomisation_check` then orders the blocks as
+    the original map's forward pass runs them, which corrects networks that register their
+    modules in another order than they use them (smp's MiT registers every patch embedding
+    before the first stage).
     """
     children = dict(model.named_children())
     if {"encoder", "decoder", "segmentation_head"} <= children.keys():
@@ -550,19 +555,22 @@ def _json_ready(value: Any) -> Any:
 
 
 @contextmanager
-def _watch(model: nn.Module, blocks: Sequence[Block]) -> Iterator[dict[str, bool]]:
-    """Record which blocks run a forward pass while the context is open."""
-    called = {b.name: False for b in blocks}
+def _watch(model: nn.Module, blocks: Sequence[Block]) -> Iterator[dict[str, int]]:
+    """Record the order in which blocks first run (a module's forward ending) in the context.
+
+    The dict maps each block that ran to its rank; a block that never ran is absent. A
+    block's first module to finish is its first layer, so the ranks follow the data flow.
+    """
+    called: dict[str, int] = {}
     handles = []
     for block in blocks:
 
         def hook(*_: object, name: str = block.name) -> None:
-            called[name] = True
+            called.setdefault(name, len(called))
 
         for path in block.modules:  # every module: a ModuleList itself is never called
-            handles += [
-                m.register_forward_hook(hook) for m in _submodule(model, block, path).modules()
-            ]
+            modules = _submodule(model, block, path).modules()
+            handles += [m.register_forward_hook(hook) for m in modules]
     try:
         yield called
     finally:
@@ -593,10 +601,14 @@ def randomisation_check(
 ) -> RandomisationReport:
     """Randomise ``model`` block by block (copies only) and compare each map with the original.
 
-    ``blocks`` default to :func:`discover_blocks`; blocks the original map never runs (seen
-    by forward hooks) are skipped and listed. ``progress`` is called with each step's name.
+    ``blocks`` default to :func:`discover_blocks`, then ordered as the original map's forward
+    pass runs them (seen by forward hooks), last first: the data-flow order from the output
+    even where a network registers its modules in another order (``blocks`` given are kept
+    in their order). Blocks the original map never runs are skipped and listed. ``progress``
+    is called with each step's name.
     """
-    blocks = list(blocks) if blocks is not None else discover_blocks(model)
+    discovered = blocks is None
+    blocks = discover_blocks(model) if blocks is None else list(blocks)
     seeds = {b.name: block_seed(seed, i) for i, b in enumerate(blocks)}
     start = time.perf_counter()
     original_model = copy.deepcopy(model)
@@ -607,8 +619,11 @@ def randomisation_check(
     valid = np.isfinite(original)
     if not valid.any() or not np.any(original[valid]):
         raise GeocamError("the original model's map is empty or zero everywhere: nothing to check")
-    # a map that never runs the model (the edge-map control) randomises every block
-    used = [b for b in blocks if called[b.name]] if any(called.values()) else blocks
+    used = blocks  # a map that never runs the model (the edge-map control): all, as found
+    if called:
+        used = [b for b in blocks if b.name in called]
+        if discovered:  # the order the data flows in, from the output: last to run first
+            used.sort(key=lambda b: called[b.name], reverse=True)
     skipped = tuple(b.name for b in blocks if b not in used)
     original_entropy = histogram_entropy(original, valid)
 

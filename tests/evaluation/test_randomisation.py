@@ -221,6 +221,51 @@ def test_cascading_and_independent_steps_randomise_the_right_blocks() -> None:
     assert_same_state(snapshot(model), before)  # the caller's model is untouched, bitwise
 
 
+def forward_map(x: torch.Tensor) -> Callable[[nn.Module], np.ndarray]:
+    def maps(model: nn.Module) -> np.ndarray:
+        with torch.no_grad():
+            return model(x)[0, 0].double().numpy()
+
+    return maps
+
+
+def test_blocks_are_randomised_in_the_order_the_forward_pass_runs_them() -> None:
+    class Backwards(nn.Module):  # registers its last layer first
+        def __init__(self) -> None:
+            super().__init__()
+            self.last = nn.Conv2d(4, 2, 1)
+            self.first = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.last(torch.relu(self.first(x)))
+
+    torch.manual_seed(0)
+    model = Backwards()
+    maps = forward_map(torch.rand(1, 3, 8, 8))
+    assert names(model) == ["first", "last"]  # registration order, reversed
+    assert randomisation_check(model, maps, independent=False).blocks == ("last", "first")
+    given = discover_blocks(model)  # blocks given by the caller keep their order
+    assert randomisation_check(model, maps, blocks=given).blocks == ("first", "last")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: smp.Unet("resnet18", encoder_weights=None, encoder_depth=3,
+                         decoder_channels=(16, 8, 8)),
+        lambda: smp.FPN("resnet18", encoder_weights=None, encoder_depth=3,
+                        decoder_segmentation_channels=32),
+        lambda: smp.DeepLabV3Plus("resnet18", encoder_weights=None, encoder_depth=4,
+                                  decoder_channels=16),
+    ],
+)  # fmt: skip
+def test_smp_structure_and_forward_order_agree(make: Callable[[], nn.Module]) -> None:
+    torch.manual_seed(0)
+    model = make().eval()
+    report = randomisation_check(model, forward_map(torch.rand(1, 3, 64, 64)), independent=False)
+    assert list(report.blocks) == names(model) and not report.skipped
+
+
 def test_blocks_the_map_never_runs_are_skipped() -> None:
     class Spare(LocalNet):
         def __init__(self) -> None:
@@ -388,6 +433,7 @@ def demo_reports(name: str, data: Path, method: str) -> tuple[RandomisationRepor
     except GeocamError as error:
         pytest.skip(f"{method} is not available here: {error}")
     report = randomisation_check(model, maps, independent=False, label=f"{method} {name}")
+    assert list(report.blocks) == names(model)  # the scene engine runs them in that order
     control = randomisation_check(model, edge_map_function(scene), independent=False)
     assert_same_state(snapshot(model), before)  # the caller's model is untouched, bitwise
     return report, control
