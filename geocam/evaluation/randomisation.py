@@ -472,6 +472,8 @@ class RandomisationReport:
 
     def mean(self, mode: str = "cascading") -> Similarity:
         """Each measure averaged over the randomised steps (never the original's 1.0)."""
+        if mode not in ("cascading", "independent"):
+            raise GeocamError(f"mode must be cascading or independent, not {mode!r}")
         steps = self.cascading if mode == "cascading" else self.independent
         if not steps:
             nan = math.nan

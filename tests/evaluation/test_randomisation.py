@@ -312,6 +312,9 @@ def test_means_exclude_the_original_and_the_rule_reads_the_last_step() -> None:
     report = fake_report([0.2, 0.4])
     assert report.mean().spearman_abs == pytest.approx(0.3)  # (1 + 0.2 + 0.4) / 3 with it
     assert report.passed and report.emprt == pytest.approx(-0.5)  # (1 - 2) / 2
+    assert np.isnan(report.mean("independent").ssim)  # none were run
+    with pytest.raises(GeocamError, match="cascading or independent"):
+        report.mean("cascade")
     assert not fake_report([0.2, 0.51]).passed
     assert fake_report([0.9, 0.5]).passed  # only the fully randomised model counts
     rule = PassRule()
