@@ -193,6 +193,8 @@ def occlusion_maps(
                 copies = batch[b : b + 1].repeat(len(chunk), 1, 1, 1)
                 for i, (r0, r1, c0, c1) in enumerate(chunk):
                     copies[i, :, r0:r1, c0:c1] = hidden[b, :, r0:r1, c0:c1]
+                if opts.channels_last:  # (repeat gives NCHW)
+                    copies = copies.contiguous(memory_format=torch.channels_last)
                 out = _main_output(_run(model, copies)).to(dtype)
                 rows = table[b : b + 1].expand(len(chunk), -1)
                 weight = weights[b : b + 1].expand(len(chunk), *weights.shape[1:])
