@@ -42,7 +42,7 @@ A randomised model whose map is zero everywhere (the scene engine refuses such a
 legitimate step: its map is taken as zeros at the valid pixels (``zero_map`` in the step),
 which correlates 0 with the original (a constant map ranks nothing), has entropy 0, and the
 SSIM Wang's formula gives a flat map (``C1 C2 / ((mu^2 + C1)(sigma^2 + C2))`` per window:
-near 0 wherever the original has structure).
+near 0 wherever the original is not near zero as well).
 """
 
 from __future__ import annotations
