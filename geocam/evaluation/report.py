@@ -22,7 +22,9 @@ import numpy as np
 
 if TYPE_CHECKING:
     from geocam.evaluation.annotation import Annotation
+    from geocam.evaluation.hotspots import CounterfactualReport
     from geocam.evaluation.localisation import Figure, Localisation
+    from geocam.evaluation.shapley import ShapleyReport
     from geocam.output import Destination
     from geocam.scene import SceneReport
     from geocam.sources import Grid
@@ -270,6 +272,48 @@ def roc_plot(localisation: Localisation, title: str) -> Plot:
         axes.set_aspect("equal")
         axes.legend(loc="lower right", fontsize=8)
         axes.set_title(title, fontsize=9)
+        _save(figure, path)
+
+    return plot
+
+
+def hotspots_plot(
+    counterfactual: CounterfactualReport, shapley: ShapleyReport | None = None, shown: int = 20
+) -> Plot:
+    """Bars of each hotspot's score drop beside its random patches' (mean +- sd).
+
+    Hottest first; with ``shapley``, a second panel of the players' Shapley values.
+    """
+
+    def plot(path: Path) -> None:
+        plt = _pyplot()
+        panels = 2 if shapley is not None else 1
+        figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), dpi=110, squeeze=False)
+        hottest = sorted(counterfactual.hotspots, key=lambda h: -h.heat)[:shown]
+        x = np.arange(len(hottest))
+        left = axes[0, 0]
+        left.bar(x - 0.2, [h.drop for h in hottest], 0.4, color="tab:red", label="hotspot")
+        left.errorbar(x + 0.2, [h.random_mean for h in hottest],
+                      yerr=[h.random_std for h in hottest], fmt="o", color="black", ms=3,
+                      label="random patches, mean +- sd")  # fmt: skip
+        left.axhline(0, color="grey", lw=0.6)
+        left.set_xticks(x, [str(h.id) for h in hottest], fontsize=7)
+        left.set_xlabel("hotspot id (hottest first)")
+        left.set_ylabel(f"drop of the {counterfactual.class_name} score (sum)")
+        left.set_title(f"occluded with the {counterfactual.baseline} baseline", fontsize=9)
+        left.legend(fontsize=7)
+        if shapley is not None:
+            right = axes[0, 1]
+            ids = [str(p.id) for p in shapley.players]
+            right.bar(np.arange(len(ids)), shapley.values, color="tab:blue")
+            right.axhline(0, color="grey", lw=0.6)
+            right.set_xticks(np.arange(len(ids)), ids, fontsize=7)
+            right.set_xlabel("hotspot id (hottest first)")
+            right.set_ylabel("Shapley value (sum)")
+            right.set_title(
+                f"exact over {len(shapley.coalitions)} coalitions; efficiency error "
+                f"{shapley.efficiency_error:.1e}", fontsize=9,
+            )  # fmt: skip
         _save(figure, path)
 
     return plot

@@ -246,6 +246,8 @@ def test_faithfulness_report(tiny_scene: tuple[Path, Path], tmp_path: Path) -> N
         ("faithfulness", ["--class", "trees"], "unknown class 'trees'"),
         ("faithfulness", ["--baseline", "epoch"], "epoch"),
         ("randomisation", ["--where", "a=b"], "--where a=b: filters a vector region"),
+        ("hotspots", ["--hotspot-threshold", "p200"], "--hotspot-threshold 'p200'"),
+        ("hotspots", ["--baseline", "epoch"], "epoch"),
     ],
 )
 def test_bad_inputs_of_every_command_are_one_line_and_leave_nothing(
@@ -304,3 +306,25 @@ def test_evaluate_offers_the_methods_of_explain() -> None:
     from geocam.evaluation import command
 
     assert command.METHODS == main.METHOD_CHOICES
+
+
+def test_hotspots_report(tiny_scene: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    args = tiny("hotspots", *tiny_scene, out / "water", "--patches", "3", "--shapley", "2", "-q")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["water.json", "water_drops.png"]
+    report = json.loads((out / "water.json").read_text())
+    assert report["settings"]["patches"] == 3 and report["settings"]["shapley"] == 2
+    spots = report["counterfactual"]["hotspots"]
+    assert spots and all(len(h["random_drops"]) <= 3 for h in spots)
+    for h in spots:  # the random patches' summary is of the drops listed beside it
+        if h["random_drops"]:
+            assert h["rand_drop"] == pytest.approx(np.mean(h["random_drops"]), rel=1e-12)
+    shapley = report["shapley"]
+    assert 1 <= len(shapley["players"]) <= 2 and shapley["efficiency_error"] < 1e-9
+    total = sum(p["value"] for p in shapley["players"])
+    assert total == pytest.approx(shapley["v_all"] - shapley["v_none"], rel=1e-9, abs=1e-9)
+    with Image.open(out / "water_drops.png") as image:
+        assert image.format == "PNG"
