@@ -119,3 +119,26 @@ def test_bad_occlusions_and_empty_regions_are_refused() -> None:
     nothing = Scene(scene.pixels, np.zeros_like(scene.valid), scene.grid)
     with pytest.raises(GeocamError, match="no valid pixel"):
         scorer(nothing)
+
+
+def test_shortcuts_equal_scoring_explicit_pixels_with_context_and_nodata() -> None:
+    from scene_networks import ContextNet
+
+    pixels = local_pixels(96, 128)
+    valid = np.ones((96, 128), dtype=bool)
+    valid[:, :6] = False
+    scene = Scene(pixels, valid, linear_scene(96, 128).grid)
+    explanation = Explanation(classes=("a", "c"), region="predicted")
+    s = RegionScorer(ContextNet().double().eval(), LOCAL_SPEC, scene, explanation,
+                     tiling=Tiling(32, 16), runtime=CPU)  # fmt: skip
+    assert len(s.windows) > 12
+    fill = mean_fill(scene)
+    masks = [np.zeros_like(valid) for _ in range(3)]
+    masks[0][40:50, 60:70] = True  # a few tiles
+    masks[1][:, :20] = True  # a strip with the nodata
+    masks[2][::3, ::5] = True  # every tile
+    shortcut = s.scores([Occlusion(m, fill, key="mean") for m in [*masks, *masks]])
+    for mask, row in zip(masks, shortcut[:3], strict=True):
+        explicit = s.score_pixels(np.where(mask & valid, fill, pixels))
+        np.testing.assert_allclose(row, explicit, rtol=1e-12)
+    np.testing.assert_allclose(shortcut[:3], shortcut[3:], rtol=1e-12)  # cached tiles
