@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -192,3 +193,30 @@ def hotspot_shapley(
         coalitions=values,
         seconds=time.perf_counter() - start,
     )
+
+
+def plot_shapley(report: ShapleyReport, path: str | Path) -> Path:
+    """The players' Shapley values beside their share of the heat, as a PNG (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from geocam.output import atomic_write
+
+    heat = np.array([p.heat for p in report.players])
+    gap = report.full - report.empty
+    figure = Figure(figsize=(max(4.0, 0.6 * len(heat) + 2), 3.4), layout="constrained")
+    axis = figure.subplots()
+    x = np.arange(len(heat))
+    share = report.values / gap if gap else np.full(len(heat), np.nan)
+    axis.bar(x - 0.2, share, 0.4, color="C0", label="Shapley value / (v(all) - v(none))")
+    axis.bar(x + 0.2, heat / heat.sum(), 0.4, color="C1", label="share of the players' heat")
+    axis.axhline(0, color="0.2", lw=0.8)
+    axis.set_xticks(x, [str(p.id) for p in report.players])
+    axis.set_xlabel("hotspot id (hottest first)")
+    axis.set_title(f"Shapley values of {report.class_name} hotspots ({report.baseline})")
+    axis.legend(fontsize=7)
+    out = Path(path)
+    atomic_write(out, lambda handle: figure.savefig(handle, format="png", dpi=110))
+    return out

@@ -15,6 +15,7 @@ from geocam.evaluation.hotspots import (
     FIELDS,
     map_hotspots,
     occlude_hotspots,
+    plot_drops,
     random_patches,
     read_hotspots,
     top_hotspots,
@@ -176,3 +177,11 @@ def test_epoch_counterfactual_puts_the_early_pixels_in_the_hotspot() -> None:
     for hotspot, result in zip(hotspots, report.hotspots, strict=True):
         assert result.drop == pytest.approx(-change[hotspot.mask].sum(), rel=1e-9)
     assert report.baseline == "epoch"
+
+
+def test_drops_plot_as_a_png(tmp_path: Path) -> None:
+    scene = linear_scene()
+    report = occlude_hotspots(scorer(scene), map_hotspots(hot_map(), scene, 4, "p10"), patches=2)
+    png = plot_drops(report, tmp_path / "drops.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["drops.png"]

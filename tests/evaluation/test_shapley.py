@@ -15,7 +15,7 @@ from geocam.evaluation.hotspots import Hotspot, map_hotspots
 from geocam.evaluation.perturbation import mean_fill
 from geocam.evaluation.scene import Scene, load_scene, scene_maps
 from geocam.evaluation.scores import RegionScorer
-from geocam.evaluation.shapley import hotspot_shapley, shapley_values
+from geocam.evaluation.shapley import hotspot_shapley, plot_shapley, shapley_values
 from geocam.models import build_model
 from geocam.scene import Explanation, Runtime, Tiling
 
@@ -116,3 +116,13 @@ def test_raleigh_forest_hotspots_efficiency(shared_data: Path) -> None:
     shapley = hotspot_shapley(scorer, hotspots, k=4)
     assert shapley.efficiency_error < 1e-4
     assert shapley.full == pytest.approx(scorer.original[0], rel=1e-12)
+
+
+def test_values_plot_as_a_png(tmp_path: Path) -> None:
+    scene = linear_scene()
+    explanation = Explanation(classes=("target",), region="all")
+    scorer = RegionScorer(linear_net(), SPEC, scene, explanation, tiling=Tiling(16, 8),
+                          runtime=CPU)  # fmt: skip
+    report = hotspot_shapley(scorer, players(scene), k=3)
+    png = plot_shapley(report, tmp_path / "shapley.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
