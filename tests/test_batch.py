@@ -419,6 +419,16 @@ def test_real_scenes_on_a_scheduler_and_workers_started_apart(
     assert "\n" not in str(scenes["broken"]["error"]), scenes["broken"]["error"]
     assert not (tmp_path / "deforestation_cluster" / "broken").exists()
     assert runs["landcover"][0] == 0
+    for year in (1985, 2000, 2010):  # on the scenes' grid, the positive map >= 0 and not empty
+        with (
+            rasterio.open(tmp_path / "deforestation_cluster" / f"p{year}" / f"p{year}.tif") as heat,
+            rasterio.open(pucallpa / f"landsat_{year}.tif") as source,
+        ):
+            assert (heat.crs, heat.transform, heat.shape) == (source.crs, source.transform,
+                                                              source.shape)  # fmt: skip
+            assert heat.count == 2 and np.isnan(heat.nodata)
+            positive = heat.read(1)
+            assert np.nanmin(positive) >= 0 and np.nanmax(positive) > 0
     with Client(address, timeout="30s") as client:  # type: ignore[no-untyped-call]
         executed = {names[a]: keys for a, keys in client.run(worker_tasks).items()}
         loads = {names[a]: count for a, count in client.run(worker_loads).items()}
