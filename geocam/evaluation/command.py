@@ -64,10 +64,22 @@ _SCENE_OPTIONS = [
         "--weights", type=click.Choice(["scene", "tile"]), default="scene", show_default=True,
         help="Channel weights of the whole scene, or of each tile.",
     ),
+    click.option(
+        "--score", type=click.Choice(["logits", "probabilities"]), default="logits",
+        show_default=True,
+    ),
+    click.option(
+        "--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        help="Probability above which a pixel is in the predicted region, as in geocam explain.",
+    ),
     click.option("--tile", type=int, help="Tile side in pixels [default: the config's]."),
     click.option("--overlap", type=int, help="Tile overlap in pixels [default: the config's]."),
     click.option("--batch-size", type=int, default=4, show_default=True),
     click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N] | mps"),
+    click.option(
+        "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+        show_default=True,
+    ),
     click.option("--nodata", type=float, help="Input nodata value, overriding the files' own."),
     click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
     click.option("--quiet", "-q", is_flag=True, help="No progress bar, no table."),
@@ -95,10 +107,13 @@ class SceneOptions:
     region: str
     where: str | None
     weights: str
+    score: str
+    threshold: float | None
     tile: int | None
     overlap: int | None
     batch_size: int
     device: str
+    precision: str
     nodata: float | None
     overwrite: bool
     quiet: bool
@@ -166,13 +181,19 @@ def open_run(options: SceneOptions) -> SceneRun:
         region=options.region,
         where=options.where,
         weights=options.weights,  # type: ignore[arg-type]
+        score=options.score,  # type: ignore[arg-type]
+        threshold=options.threshold,
     )
     tiling = Tiling(
         tile=preset.tile if options.tile is None else options.tile,
         overlap=preset.overlap if options.overlap is None else options.overlap,
         batch_size=options.batch_size,
     )
-    runtime = Runtime(device=options.device, progress=False if options.quiet else None)
+    runtime = Runtime(
+        device=options.device,
+        precision=options.precision,  # type: ignore[arg-type]
+        progress=False if options.quiet else None,
+    )
     return SceneRun(preset, model.eval(), scene, explanation, tiling, runtime)
 
 

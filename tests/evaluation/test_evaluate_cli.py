@@ -224,7 +224,8 @@ def test_randomisation_report(tiny_scene: tuple[Path, Path], tmp_path: Path) -> 
 def test_faithfulness_report(tiny_scene: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    args = tiny("faithfulness", *tiny_scene, out / "water", "--steps", "4", "--seeds", "2")
+    args = tiny("faithfulness", *tiny_scene, out / "water", "--steps", "4", "--seeds", "2",
+                "--score", "probabilities")  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "deletion  AUC" in result.output
@@ -232,6 +233,8 @@ def test_faithfulness_report(tiny_scene: tuple[Path, Path], tmp_path: Path) -> N
     report = json.loads((out / "water.json").read_text())
     found = report["faithfulness"]
     assert report["settings"]["steps"] == 4 and found["auc"]["random_seeds"] == 2
+    assert found["score"] == "probabilities"  # the shared options reach the library
+    assert 0 < found["original_mean"] <= 1
     deletion = found["curves"]["deletion_morf"]
     assert deletion["fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0]
     area = np.trapezoid(deletion["mean"], deletion["fractions"])
