@@ -142,3 +142,15 @@ def test_shortcuts_equal_scoring_explicit_pixels_with_context_and_nodata() -> No
         explicit = s.score_pixels(np.where(mask & valid, fill, pixels))
         np.testing.assert_allclose(row, explicit, rtol=1e-12)
     np.testing.assert_allclose(shortcut[:3], shortcut[3:], rtol=1e-12)  # cached tiles
+
+
+def test_a_box_region_sums_only_its_pixels() -> None:
+    scene = linear_scene()
+    # rows 10-19 and columns 10-19 of the 30 m grid whose corner is (500000, 4000000)
+    box = "bbox:500300,3999400,500600,3999700"
+    s = scorer(scene, region=box)
+    inside = np.zeros_like(scene.valid)
+    inside[10:20, 10:20] = True
+    np.testing.assert_array_equal(s.region[0], inside)
+    logits = np.einsum("c,chw->hw", W[1], scene.pixels.astype(np.float64)) + 0.375
+    assert s.original[0] == pytest.approx(logits[inside].sum(), rel=1e-12)
