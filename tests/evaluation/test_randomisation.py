@@ -429,12 +429,7 @@ def demo_reports(name: str, data: Path, method: str) -> tuple[RandomisationRepor
     scene = load_scene([data / s for s in sources], preset.spec, fallback_nodata=preset.nodata)
     tiling = Tiling(tile=preset.tile, overlap=preset.overlap)
     explanation = Explanation(classes=(cls,), method=method)  # type: ignore[arg-type]
-    try:
-        maps = scene_map_function(
-            model, preset.spec, scene, explanation, tiling=tiling, runtime=CPU
-        )
-    except GeocamError as error:
-        pytest.skip(f"{method} is not available here: {error}")
+    maps = scene_map_function(model, preset.spec, scene, explanation, tiling=tiling, runtime=CPU)
     report = randomisation_check(model, maps, independent=False, label=f"{method} {name}")
     assert list(report.blocks) == names(model)  # the scene engine runs them in that order
     control = randomisation_check(model, edge_map_function(scene), independent=False)
