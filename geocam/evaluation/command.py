@@ -46,7 +46,7 @@ _SCENE_OPTIONS = [
     click.option("--model", "-m", "model_source", help=MODEL_HELP),
     click.option("--class", "class_name", required=True, help="Class name or index to evaluate."),
     click.option(
-        "--out", "-o", required=True, type=click.Path(path_type=Path),
+        "--out", "-o", required=True, type=click.Path(),  # a str: a trailing / means a folder
         help="Folder (OUT/COMMAND.json and plots) or prefix (OUT.json, OUT_PLOT.png).",
     ),
     click.option(
@@ -101,7 +101,7 @@ class SceneOptions:
     config: Path | None
     model_source: str | None
     class_name: str
-    out: Path
+    out: str
     method: str | None
     layer: str | None
     region: str

@@ -33,13 +33,13 @@ Plot = Callable[[Path], None]
 """Writes one PNG to the path it is given."""
 
 
-def report_paths(out: Path, command: str, plots: Sequence[str] = ()) -> dict[str, Path]:
+def report_paths(out: str | Path, command: str, plots: Sequence[str] = ()) -> dict[str, Path]:
     """The files of a report: ``report`` (JSON) and one PNG per plot name.
 
     ``out`` an existing folder (or ending in ``/``): ``OUT/COMMAND.json``,
     ``OUT/COMMAND_PLOT.png``; else a prefix (``.json`` dropped): ``OUT.json``, ``OUT_PLOT.png``.
     """
-    text = str(out)
+    text, out = str(out), Path(out)
     if out.is_dir() or text.endswith(("/", os.sep)):
         base = out / command
     else:

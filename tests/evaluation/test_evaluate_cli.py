@@ -124,6 +124,9 @@ BAD = {
     "where without a vector region": (
         ["--annotation", "mask:{data}/" + STRATA, "--annotation-value", "5", "--where", "a=b"],
         "--where a=b: filters a vector region"),
+    "a folder that does not exist": (
+        ["--annotation", "mask:{data}/" + STRATA, "--annotation-value", "5", "-o", "{out}/new/"],
+        "output folder does not exist"),
     "report over the annotation": (  # GDAL opens a raster by its content, whatever its name
         ["--annotation", "mask:{out}/report.json", "--annotation-value", "5"],
         "is an input (annotation"),
@@ -137,7 +140,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     out = tmp_path / "out"
     out.mkdir()
     extra, expected = BAD[case]
-    if "{out}" in " ".join(extra):  # an annotation where the report would go
+    if "{out}/report.json" in " ".join(extra):  # an annotation where the report would go
         (out / "report.json").symlink_to(shared_data / STRATA)
     extra = [e.format(data=shared_data, out=out) for e in extra]
     args = localisation(shared_data, out / "report", *extra)
