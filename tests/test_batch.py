@@ -443,6 +443,17 @@ def test_real_scenes_on_a_scheduler_and_workers_started_apart(
     assert not (tmp_path / "tpu").exists()
 
 
+def test_a_scheduler_file_that_is_not_one_is_one_line(world: Path, tmp_path: Path) -> None:
+    (tmp_path / "dask.json").write_text('{"type": "Scheduler"}')
+    code, output, _ = batch(world, tmp_path / "o", world / "s0.tif",
+                            "--scheduler", tmp_path / "dask.json")  # fmt: skip
+    assert code == 1, output
+    assert output == f"geocam: error: --scheduler {tmp_path / 'dask.json'}: not a Dask scheduler " \
+        "file (JSON with an 'address'); give the scheduler's address or the file of `dask " \
+        "scheduler --scheduler-file`\n"  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
 def test_workers_and_scheduler_are_exclusive(world: Path, tmp_path: Path) -> None:
     code, output, _ = batch(world, tmp_path / "o", world / "s0.tif", "--workers", "2",
                             "--scheduler", "tcp://127.0.0.1:1")  # fmt: skip

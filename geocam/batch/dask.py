@@ -15,6 +15,7 @@ Tile progress comes back as Dask events (``Worker.log_event`` on a topic of the 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -217,6 +218,23 @@ def own_environ() -> Iterator[None]:
         os.environ.update(before)
 
 
+def scheduler_address(scheduler: str) -> str:
+    """``scheduler`` if it is an address, or the address in the scheduler file it names."""
+    path = Path(scheduler)
+    if not path.is_file():
+        return scheduler
+    try:
+        address = json.loads(path.read_text())["address"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        address = None
+    if not isinstance(address, str):
+        raise GeocamError(
+            f"--scheduler {scheduler}: not a Dask scheduler file (JSON with an 'address'); "
+            "give the scheduler's address or the file of `dask scheduler --scheduler-file`"
+        )
+    return address
+
+
 @contextlib.contextmanager
 def dask_executor(
     *,
@@ -238,11 +256,8 @@ def dask_executor(
     try:
         if scheduler is not None:
             try:
-                where = {"scheduler_file": scheduler} if Path(scheduler).is_file() else {}
-                client = Client(  # type: ignore[no-untyped-call]
-                    None if where else scheduler, timeout="30s", **where
-                )
-            except (OSError, TimeoutError, ValueError, KeyError) as error:
+                client = Client(scheduler_address(scheduler), timeout="30s")  # type: ignore[no-untyped-call]
+            except (OSError, TimeoutError, ValueError) as error:
                 raise GeocamError(f"--scheduler {scheduler}: cannot connect ({error})") from None
             description = f"dask scheduler {scheduler}"
         else:
