@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "groups", nargs="*", metavar="GROUP", help=f"groups to run (default: all of {list(GROUPS)})"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the median counts")
-    parser.add_argument("--quick", action="store_true", help="small tiles, for a smoke test")
+    parser.add_argument("--quick", action="store_true", help="small tiles and scenes: a quick look")
     parser.add_argument(
         "--smoke",
         action="store_true",
