@@ -135,6 +135,8 @@ def _read_mask(
                 valid = vrt.read(vrt.count, window=window) > 0  # the alpha: where it reaches
                 if dataset.nodata is not None:
                     valid &= values != dataset.nodata
+        if values.dtype.kind == "f":  # NaN (a float mask's usual nodata) says nothing
+            valid &= np.isfinite(values)
     present = np.unique(values[valid & (True if scene_valid is None else scene_valid)])
     if value is None:
         if present.size > 2 or (present.size == 2 and present[0] != 0):

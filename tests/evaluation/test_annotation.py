@@ -209,3 +209,15 @@ def test_options_of_the_other_kind_are_refused(tmp_path: Path) -> None:
         read_annotation("classes.tif", GRID)
     with pytest.raises(GeocamError, match=r"^--annotation mask: .*missing.tif does not exist"):
         read_annotation(f"mask:{tmp_path / 'missing.tif'}", GRID)
+
+
+def test_a_float_mask_with_nan_nodata_on_another_grid(tmp_path: Path) -> None:
+    data = np.where(classes() == 5, 1.0, 0.0).astype(np.float32)
+    data[:, :4] = np.nan  # nodata, on the left of the scene
+    shifted = Affine(10, 0, 499_990, 0, -10, 5_000_000)  # one pixel west: warped
+    path = write_mask(tmp_path / "float.tif", data, transform=shifted, nodata=float("nan"))
+    found = read_annotation(f"mask:{path}", GRID)
+    # its columns 0-3 (NaN) are the scene's -1-2; the scene's last column it does not reach
+    assert not found.valid[:, :3].any() and found.valid[:, 3:39].all()
+    assert not found.valid[:, 39].any()
+    np.testing.assert_array_equal(found.inside[:, :-1], (classes() == 5)[:, 1:])
