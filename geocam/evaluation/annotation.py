@@ -135,7 +135,7 @@ def _read_mask(
                 valid = vrt.read(vrt.count, window=window) > 0  # the alpha: where it reaches
                 if dataset.nodata is not None:
                     valid &= values != dataset.nodata
-        if values.dtype.kind == "f":  # NaN (a float mask's usual nodata) says nothing
+        if values.dtype.kind == "f":  # NaN says nothing, declared as nodata or not
             valid &= np.isfinite(values)
     present = np.unique(values[valid & (True if scene_valid is None else scene_valid)])
     if value is None:

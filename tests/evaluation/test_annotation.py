@@ -221,3 +221,11 @@ def test_a_float_mask_with_nan_nodata_on_another_grid(tmp_path: Path) -> None:
     assert not found.valid[:, :3].any() and found.valid[:, 3:39].all()
     assert not found.valid[:, 39].any()
     np.testing.assert_array_equal(found.inside[:, :-1], (classes() == 5)[:, 1:])
+
+
+def test_nan_in_a_float_mask_without_declared_nodata_says_nothing(tmp_path: Path) -> None:
+    data = np.where(classes() == 5, 1.0, 0.0).astype(np.float32)
+    data[:, :4] = np.nan  # no nodata declared: NaN is still no data
+    found = read_annotation(f"mask:{write_mask(tmp_path / 'float.tif', data)}", GRID)
+    assert not found.valid[:, :4].any() and found.valid[:, 4:].all()
+    np.testing.assert_array_equal(found.inside, classes() == 5)
