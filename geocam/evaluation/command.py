@@ -378,23 +378,30 @@ def hotspots(
 ) -> None:  # fmt: skip
     """Occlude each hotspot and compare the region score's drop with random patches like it."""
     from geocam.evaluation import report
-    from geocam.evaluation.hotspots import map_hotspots, occlude_hotspots
+    from geocam.evaluation.hotspots import map_hotspots, occlude_hotspots, write_occlusion_fields
     from geocam.evaluation.scene import scene_maps
     from geocam.evaluation.scores import RegionScorer
     from geocam.evaluation.shapley import hotspot_shapley
     from geocam.output import Destination
-    from geocam.products import threshold_percentile
+    from geocam.products import threshold_percentile, write_hotspots_qml
 
     options = SceneOptions(**common)
     threshold_percentile(hotspot_threshold)  # a bad rule: one line before any work
     paths = report.report_paths(options.out, "hotspots", ("drops",))
+    base = paths["report"].with_suffix("")
+    paths["hotspots"] = base.with_name(f"{base.name}_hotspots.gpkg")
+    paths["hotspots_qml"] = base.with_name(f"{base.name}_hotspots.qml")
     with Destination(paths, inputs=options.inputs(), overwrite=options.overwrite) as out:
         run = open_run(options)
         spec, scene = run.preset.spec, run.scene
         heat, engine = scene_maps(
             run.model, spec, scene, run.explanation, tiling=run.tiling, runtime=run.runtime
         )
-        found = map_hotspots(heat[0, 0], scene, engine.stride, hotspot_threshold)
+        found = map_hotspots(
+            heat[0, 0], scene, engine.stride, hotspot_threshold,
+            spec.classes[spec.class_index(options.class_name)],
+            out=paths["hotspots"], destination=out,
+        )  # fmt: skip
         scorer = RegionScorer(
             run.model, spec, scene, run.explanation, tiling=run.tiling, runtime=run.runtime
         )
@@ -402,6 +409,8 @@ def hotspots(
         drops = occlude_hotspots(
             scorer, found, baseline=kind, patches=patches, seed=seed, sigma=sigma
         )
+        write_occlusion_fields(paths["hotspots"], drops, destination=out)
+        write_hotspots_qml(paths["hotspots_qml"], True, destination=out)
         values = hotspot_shapley(
             scorer, found, k=players, baseline=kind, sigma=sigma, seed=seed
         ) if players else None  # fmt: skip

@@ -100,13 +100,22 @@ def read_hotspots(
 
 
 def map_hotspots(
-    positive: np.ndarray, scene: Scene, stride: int, rule: str = "p95", class_name: str = ""
+    positive: np.ndarray,
+    scene: Scene,
+    stride: int,
+    rule: str = "p95",
+    class_name: str = "",
+    *,
+    out: Path | None = None,
+    destination: Destination | None = None,
 ) -> list[Hotspot]:
     """The hotspots :func:`~geocam.products.write_hotspots` outlines in this positive map.
 
     The map (``(H, W)``, NaN at nodata; e.g. ``scene_maps(...)[0][k, 0]``) is written to a
     temporary heatmap GeoTIFF with its layer's ``stride``, outlined by ``write_hotspots``
     with ``rule`` (``pNN`` or ``otsu``) and read back: the same polygons as ``--hotspots``.
+    With ``out`` the polygons are kept there (staged in ``destination`` when given), for
+    :func:`write_occlusion_fields` to add the occlusion results to.
     """
     grid = scene.grid
     if positive.shape != scene.valid.shape:
@@ -116,13 +125,14 @@ def map_hotspots(
         with rasterio.open(
             heatmap, "w", driver="GTiff", width=grid.width, height=grid.height, count=1,
             dtype="float32", crs=grid.crs, transform=grid.transform, nodata=np.nan,
-        ) as out:  # fmt: skip
-            out.write(np.where(scene.valid, positive, np.nan).astype(np.float32), 1)
-            out.update_tags(GEOCAM_LAYER_STRIDE=str(int(stride)))
-            out.update_tags(1, CLASS=class_name)
-        gpkg = Path(folder) / "hotspots.gpkg"
-        write_hotspots(heatmap, gpkg, 1, rule, overwrite=True)
-        return read_hotspots(gpkg, scene, positive)
+        ) as dataset:  # fmt: skip
+            dataset.write(np.where(scene.valid, positive, np.nan).astype(np.float32), 1)
+            dataset.update_tags(GEOCAM_LAYER_STRIDE=str(int(stride)))
+            dataset.update_tags(1, CLASS=class_name)
+        gpkg = Path(folder) / "hotspots.gpkg" if out is None else Path(out)
+        write_hotspots(heatmap, gpkg, 1, rule, overwrite=True, destination=destination)
+        written = gpkg if destination is None else destination.current(gpkg)
+        return read_hotspots(written, scene, positive)
 
 
 def top_hotspots(hotspots: Sequence[Hotspot], k: int) -> list[Hotspot]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fiona
 import numpy as np
 import pytest
 import rasterio
+import torch
 from click.testing import CliRunner
 from conftest import tiny_preset
 from PIL import Image
@@ -181,7 +183,12 @@ def test_a_failing_plot_takes_the_report_with_it(
 
 @pytest.fixture
 def tiny_scene(tmp_path: Path) -> tuple[Path, Path]:
-    """A small 3-band scene (a dark block in noise, a nodata strip) and a tiny random network."""
+    """A small 3-band scene (a dark block in noise, a nodata strip) and a tiny random network.
+
+    The network's random weights come from torch's global generator: seeded here, so that
+    they do not depend on which tests ran before.
+    """
+    torch.manual_seed(0)
     rng = np.random.default_rng(0)
     pixels = rng.integers(1, 255, (3, 96, 128)).astype(np.uint8)
     pixels[:, :40, :50] = 30
@@ -320,7 +327,9 @@ def test_hotspots_report(tiny_scene: tuple[Path, Path], tmp_path: Path) -> None:
     args = tiny("hotspots", *tiny_scene, out / "water", "--patches", "3", "--shapley", "2", "-q")
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["water.json", "water_drops.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "water.json", "water_drops.png", "water_hotspots.gpkg", "water_hotspots.qml",
+    ]  # fmt: skip
     report = json.loads((out / "water.json").read_text())
     assert report["settings"]["patches"] == 3 and report["settings"]["shapley"] == 2
     spots = report["counterfactual"]["hotspots"]
@@ -328,6 +337,17 @@ def test_hotspots_report(tiny_scene: tuple[Path, Path], tmp_path: Path) -> None:
     for h in spots:  # the random patches' summary is of the drops listed beside it
         if h["random_drops"]:
             assert h["rand_drop"] == pytest.approx(np.mean(h["random_drops"]), rel=1e-12)
+    with fiona.open(out / "water_hotspots.gpkg", layer="hotspots") as features:
+        written = {int(f["properties"]["id"]): dict(f["properties"]) for f in features}
+        crs = features.crs
+    with rasterio.open(tiny_scene[0]) as scene:
+        assert crs == scene.crs
+    assert written.keys() == {h["id"] for h in spots}  # every hotspot carries its occlusion
+    for h in spots:
+        fields = written[h["id"]]
+        assert fields["class"] == "water" and fields["occl_base"] == "mean"
+        assert fields["drop"] == pytest.approx(h["drop"], rel=1e-12)
+        assert fields["rand_n"] == len(h["random_drops"])
     shapley = report["shapley"]
     assert 1 <= len(shapley["players"]) <= 2 and shapley["efficiency_error"] < 1e-9
     total = sum(p["value"] for p in shapley["players"])
