@@ -10,6 +10,7 @@ pixels each cell covers (:func:`block_sum`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,6 +41,53 @@ def weighted_mean(sums: np.ndarray, weights: np.ndarray) -> np.ndarray:
     covered = weights > 1e-6
     np.divide(sums, weights, out=out, where=np.broadcast_to(covered, sums.shape))
     return out
+
+
+@dataclass
+class Strip:
+    """One tile row's contribution to a product: weighted values and weights summed from zero.
+
+    ``row`` is on the product's grid; ``sums`` are ``(bands, rows, width)`` and ``weights``
+    ``(rows, width)``, float32, over the whole width. Strips of successive tile rows overlap;
+    they are added to a :class:`BandAccumulator` in tile-row order, which fixes the order of
+    every float addition whichever process computed them (bitwise-identical splits).
+    """
+
+    row: int
+    sums: np.ndarray
+    weights: np.ndarray
+
+
+class RowStrip:
+    """Sums the tiles of one tile row (in column order) into a zero-started :class:`Strip`."""
+
+    def __init__(self, bands: int, width: int, tile_rows: int, *, scale: int = 1) -> None:
+        self.scale = scale
+        self.width = -(-width // scale)
+        capacity = -(-tile_rows // scale) + 2
+        self.sums = np.zeros((bands, capacity, self.width), dtype=np.float32)
+        self.weights = np.zeros((capacity, self.width), dtype=np.float32)
+        self.row: int | None = None
+        self.rows = 0
+
+    def add(self, row: int, col: int, values: np.ndarray, weights: np.ndarray) -> None:
+        """Add ``values`` ``(bands, h, w)`` with ``weights`` ``(h, w)`` (0 = nodata)."""
+        weighted = values * weights
+        if self.row is None:
+            self.row = row
+        top = row - self.row
+        height = weights.shape[0]
+        if top < 0 or top + height > self.weights.shape[0]:
+            raise RuntimeError(f"tile rows {row}..{row + height} are not in one tile row")
+        self.sums[:, top : top + height, col : col + weights.shape[1]] += weighted
+        self.weights[top : top + height, col : col + weights.shape[1]] += weights
+        self.rows = max(self.rows, top + height)
+
+    def strip(self) -> Strip | None:
+        """The tile row's strip (None when no tile added anything)."""
+        if self.row is None:
+            return None
+        return Strip(self.row, self.sums[:, : self.rows], self.weights[: self.rows])
 
 
 class BandAccumulator:
@@ -80,7 +128,13 @@ class BandAccumulator:
         ``row`` and ``col`` are on the accumulator's own grid (source pixels, or cells of
         ``scale`` pixels).
         """
-        weighted = values * weights
+        self._place(row, col, values * weights, weights)
+
+    def add_strip(self, strip: Strip) -> None:
+        """Add a tile row's :class:`Strip` (strips must come in tile-row order)."""
+        self._place(strip.row, 0, strip.sums, strip.weights)
+
+    def _place(self, row: int, col: int, weighted: np.ndarray, weights: np.ndarray) -> None:
         if row < self.origin:  # a resumed run: keep only the rows still missing
             cut = min(self.origin - row, weights.shape[0])
             weighted, weights, row = weighted[:, cut:], weights[cut:], row + cut

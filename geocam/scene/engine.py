@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from geocam.attribution import PIXEL_METHODS, attribute
 from geocam.attribution import occlusion as occlusion_
-from geocam.blend import BandAccumulator, block_sum, weighted_mean
+from geocam.blend import BandAccumulator, RowStrip, Strip, block_sum, weighted_mean
 from geocam.cam import (
     CamOptions,
     LayerGradients,
@@ -50,7 +50,7 @@ from geocam.region_sources import open_region
 from geocam.regions import Region, class_probabilities, region_weights
 from geocam.scene import passes
 from geocam.scene.options import Explanation, Products, Runtime, Tiling
-from geocam.scene.predicted import PredictedRegion
+from geocam.scene.predicted import PredictedRegion, PredictedRows
 from geocam.scene.resume import Checkpoint, plan_resume
 from geocam.scene.specs import ProductSpec, classes_from_probabilities, product_specs
 from geocam.scene.tiles import Tile, core_in_tile, core_mask, read_tile, window_key
@@ -83,6 +83,24 @@ class SceneReport:
 class _Cached:
     activations: torch.Tensor  # on the host
     valid: np.ndarray
+
+
+@dataclass
+class RowResult:
+    """What one tile row gives a pass, reduced in tile-row order by :meth:`_Scene.reduce`.
+
+    ``part``: the row's partial sum (its tiles' sums added in tile order; None when every tile
+    is nodata); ``counts``: region pixels of each of its tiles; ``strips``: each product's
+    zero-started strip; ``predicted``: Grad-CAM++'s core predictions (pass 0).
+    """
+
+    index: int
+    tiles: int = 0
+    skipped: int = 0
+    part: torch.Tensor | None = None
+    counts: np.ndarray | None = None
+    strips: dict[str, Strip] = field(default_factory=dict)
+    predicted: list[tuple[Window, np.ndarray]] = field(default_factory=list)
 
 
 _NOT_READ = np.zeros(0, np.float32)  # stands for pixels a cached pass 2 does not need
@@ -195,54 +213,93 @@ class _Scene:
         """The largest finite |value| of the heatmap written so far."""
         self._scene_activation_sums: torch.Tensor | None = None
         """Grad-CAM++'s per-channel activation sums over the scene (pass 0)."""
-        self._predicted: PredictedRegion | None = None
+        self._predicted: PredictedRegion | PredictedRows | None = None
         """Grad-CAM++'s predicted region as each tile's core decided it (pass 0)."""
+        self._core_predictions: list[tuple[Window, np.ndarray]] = []
+        """Core predictions of the batches run since the last tile row ended (pass 0)."""
+        self._current: RowResult | None = None
+        self._progress: Callable[[int], object] = _ignore
+        """Called with the number of tiles of every batch done (the progress bar's update)."""
+        self.specs = self.product_specs()
+        """Every product's grid, bands and tags (heatmap first)."""
 
     # --- the run ---------------------------------------------------------------------------
 
     def run(self, sinks: SinkFactory) -> SceneReport:
+        """The whole scene in this process: every pass over all tile rows, reduced in order."""
         start = time.perf_counter()
-        specs = product_specs(
-            self.source.grid, self.spec, self.classes, self.stride, self.explanation,
-            self.layout, self.products, self.runtime.precision,
-        )  # fmt: skip
-        made = {spec.name: sinks(spec) for spec in specs}
-        starts, state = self._resume(specs)
-        heat_spec, extra_specs = specs[0], specs[1:]
-        heat = self._accumulator(heat_spec, made[heat_spec.name], starts[heat_spec.name])
-        extras = [(s, self._accumulator(s, made[s.name], starts[s.name])) for s in extra_specs]
+        made = {spec.name: sinks(spec) for spec in self.specs}
+        starts, state = self._resume(self.specs)
+        accs = self.accumulators(made, starts)
+        heat = {"heatmap": accs["heatmap"]}
+        extras = {name: acc for name, acc in accs.items() if name != "heatmap"}
         passes_ = self.explanation.passes
-        bar: tqdm[None] = tqdm(  # type: ignore[assignment]
-            total=len(self.windows) * passes_,
-            unit="tile",
-            disable=not _show_progress(self.runtime.progress),
-            desc="geocam",
-        )
-        if callable(self.runtime.progress):  # tiles done and total, after every update
-            bar.update = _reporting(bar, self.runtime.progress)  # type: ignore[method-assign]
+        bar = self.progress_bar()
+        self._progress = bar.update
+        everything = range(len(self.layout.row_groups()))
         cached = False
         try:
             if self.scene_weights and state is not None:  # pass 1 was finished and stored
                 bar.update(len(self.windows) * (passes_ - 1))
                 weights = torch.from_numpy(state["weights"]).to(self.device)
-                self._map_pass(bar, heat, weights, None, resumed=True)
+                recompute = self._cache_fits()  # the function of the run it resumes
+                self.reduce(self.map_rows(everything, weights, pass_one=recompute), heat)
             elif self.scene_weights:
-                sums = self._activation_sums(bar) if passes_ == 3 else None
-                weights, cache = self._global_weights(bar, extras, sums)
+                sums = None
+                if passes_ == 3:
+                    self.start_predicted()
+                    sums = self.activation_sums(self.reduce(self.pass_zero_rows(everything)))
+                cache: dict[tuple[int, int], _Cached] | None = {} if self._cache_fits() else None
+                total = self.reduce(self.pass_one_rows(everything, sums, cache=cache), extras)
+                weights = self.weights_from(total)
                 self._forget_predicted()
                 cached = cache is not None
                 self._save_state(weights)
-                self._map_pass(bar, heat, weights, cache)
+                self.reduce(self.map_rows(everything, weights, cache=cache), heat)
             else:
                 if self.explanation.method == "occlusion":
                     self._check_occlusion_cost()
-                self._single_pass(bar, heat, extras)
+                self.reduce(self.single_rows(everything), accs)
                 if self.skipped == len(self.windows):
                     raise self._all_nodata()
                 self._check_region()
         finally:
             bar.close()
             self._forget_predicted()
+        return self.report(time.perf_counter() - start, cached)
+
+    # --- what the passes share, whichever process runs them ---------------------------------
+
+    def product_specs(self) -> list[ProductSpec]:
+        """Every product's grid, bands and tags (heatmap first)."""
+        return product_specs(
+            self.source.grid, self.spec, self.classes, self.stride, self.explanation,
+            self.layout, self.products, self.runtime.precision,
+        )  # fmt: skip
+
+    def accumulators(
+        self, sinks: Mapping[str, StripSink], starts: Mapping[str, int] | None = None
+    ) -> dict[str, BandAccumulator]:
+        """Every product's accumulator by name, writing into ``sinks`` from ``starts``."""
+        return {
+            s.name: self._accumulator(s, sinks[s.name], (starts or {}).get(s.name, 0))
+            for s in self.specs
+        }
+
+    def progress_bar(self) -> tqdm[None]:
+        """The run's progress over every pass's tiles (a callable progress is called too)."""
+        bar: tqdm[None] = tqdm(  # type: ignore[assignment]
+            total=len(self.windows) * self.explanation.passes,
+            unit="tile",
+            disable=not _show_progress(self.runtime.progress),
+            desc="geocam",
+        )
+        if callable(self.runtime.progress):  # tiles done and total, after every update
+            bar.update = _reporting(bar, self.runtime.progress)  # type: ignore[method-assign]
+        return bar
+
+    def report(self, seconds: float, cached: bool = False) -> SceneReport:
+        """The run's report; refuses a heatmap that is zero everywhere."""
         if self.heat_peak == 0 and self.resume_row == 0:  # (a resumed run replays part)
             raise GeocamError(
                 f"the maps of {', '.join(self.class_names)} at layer {self.layer!r} are zero "
@@ -254,13 +311,78 @@ class _Scene:
             stride=self.stride,
             tiles=len(self.windows),
             skipped=self.skipped,
-            passes=passes_,
+            passes=self.explanation.passes,
             batch_size=self.sizer.size,
-            seconds=time.perf_counter() - start,
+            seconds=seconds,
             region_pixels=self._region_pixels(),
             cached_activations=cached,
             resumed_from_row=self.resume_row,
         )
+
+    def reduce(
+        self,
+        results: Iterable[RowResult],
+        accumulators: Mapping[str, BandAccumulator] | None = None,
+    ) -> torch.Tensor | None:
+        """Reduce one pass's tile rows, in tile-row order, whoever computed them.
+
+        Partial sums are added row after row (each row's own sum first), region counts stored
+        per tile, strips added to the accumulators (matched by product name) and finished rows
+        flushed, predicted cores recorded: the same float operations in the same order for one
+        process and for any split into bands.
+        """
+        total: torch.Tensor | None = None
+        self.skipped = 0
+        last = len(self.layout.row_groups()) - 1
+        accs = dict(accumulators or {})
+        for result in results:
+            self.skipped += result.skipped
+            if result.part is not None:
+                total = result.part if total is None else total + result.part
+            if result.counts is not None:
+                first = self._first_tile(result.index)
+                self.region_counts[first : first + len(result.counts)] = result.counts
+            if isinstance(self._predicted, PredictedRegion):
+                for core, values in result.predicted:
+                    self._predicted.record(core, values)
+            for name, strip in result.strips.items():
+                accs[name].add_strip(strip)
+            final = None if result.index == last else self.layout.rows_final_after(result.index)
+            if not self.scene_weights and any(a.ready(final) for a in accs.values()):
+                self._save_state(None)  # the region counts of every tile whose rows get stored
+            for acc in accs.values():
+                acc.flush(final)
+        return total
+
+    def weights_from(self, total: torch.Tensor | None) -> torch.Tensor:
+        """The scene's channel weights from pass 1's reduced partial sums."""
+        if total is None:
+            raise self._all_nodata()
+        self._check_region()
+        grid = self.source.grid
+        cells = grid.height * grid.width / self.stride**2
+        weights = passes.scene_weights(self.explanation.method, total, cells)  # type: ignore[arg-type]
+        if not torch.isfinite(weights).all():
+            raise GeocamError(
+                f"the gradients at layer {self.layer!r} are not finite (float16 overflow?): "
+                "run in full precision (Runtime.precision fp32) or choose another layer"
+            )
+        return weights.to(self.device)
+
+    def activation_sums(self, total: torch.Tensor | None) -> torch.Tensor:
+        """Pass 0's reduced activation sums (every tile nodata: an error)."""
+        if total is None:
+            raise self._all_nodata()
+        return total
+
+    def start_predicted(self) -> None:
+        """Grad-CAM++ with the predicted region: pass 0 records each core's prediction."""
+        if self.explanation.region == "predicted":
+            grid = self.source.grid
+            self._predicted = PredictedRegion(len(self.classes), grid.height, grid.width)
+
+    def _first_tile(self, row: int) -> int:
+        return sum(len(g) for g in self.layout.row_groups()[:row])
 
     def _region_pixels(self) -> dict[str, float]:
         totals = self.region_counts.sum(axis=0).tolist()
@@ -275,25 +397,170 @@ class _Scene:
                 f"{', '.join(empty)}: nothing to explain; choose another region or class"
             )
 
-    def _single_pass(
-        self,
-        bar: tqdm[None],
-        heat: BandAccumulator,
-        extras: list[tuple[ProductSpec, BandAccumulator]],
-    ) -> None:
-        """Per-tile maps (local methods, or ``weights="tile"``), blended as they come."""
-        for group in self._groups(self.resume_row):
-            tiles = [t for t in group if not t.skipped]
-            results = dict(
-                zip((t.key for t in tiles), self._per_tile(tiles, self._tile_maps), strict=True)
-            )
-            for tile in group:
-                if not tile.skipped:
-                    signed, output = results[tile.key]
+    # --- the passes over a band of tile rows (one engine for one process and for workers) ---
+
+    def single_rows(self, rows: range, after_row: int | None = None) -> Iterator[RowResult]:
+        """Per-tile maps (local methods, or ``weights="tile"``) of the tile rows ``rows``."""
+        heat, extras = self._strips()
+        after = self.resume_row if after_row is None else after_row
+        for index, group, last, needed in self._groups(rows, after):
+            result = self._row_result(index, group)
+            if needed:
+                tiles = [t for t in group if not t.skipped]
+                maps = self._per_tile(tiles, self._tile_maps)
+                for tile, (signed, output) in zip(tiles, maps, strict=True):
                     self._add_heat(heat, tile, signed)
                     self._add_extras(extras, tile, output)
-                self._flush(tile, heat, *(acc for _, acc in extras))
-                bar.update()
+            self._progress(len(group))
+            if last:
+                yield self._finish_row(result, heat, extras, counts=needed)
+                heat, extras = self._strips()
+
+    def pass_zero_rows(self, rows: range) -> Iterator[RowResult]:
+        """Pass 0 of Grad-CAM++: each tile row's activation sums, each cell once.
+
+        With the predicted region, each core's prediction comes with its row, to be recorded
+        for pass 1 (:mod:`geocam.scene.predicted`).
+        """
+        for index, group, last, _ in self._groups(rows):
+            result = self._row_result(index, group)
+            tiles = [t for t in group if not t.skipped]
+            for part in self._per_tile(tiles, self._activation_sum_parts):
+                result.part = part if result.part is None else result.part + part
+            result.predicted += self._core_predictions
+            self._core_predictions = []
+            self._progress(len(group))
+            if last:
+                yield self._finish_row(result)
+
+    def pass_one_rows(
+        self,
+        rows: range,
+        activation_sums: torch.Tensor | None,
+        predicted: PredictedRows | PredictedRegion | None = None,
+        cache: dict[tuple[int, int], _Cached] | None = None,
+    ) -> Iterator[RowResult]:
+        """Pass 1: each tile row's partial sums of the scene's weights, region counts, products.
+
+        Grad-CAM++'s predicted region is read from ``predicted`` (the record of pass 0, or the
+        part of it these rows need); ``cache`` keeps each tile's activations for pass 2.
+        """
+        self._scene_activation_sums = activation_sums
+        if predicted is not None:
+            self._predicted = predicted
+        _, extras = self._strips(heat=False)
+        for index, group, last, _ in self._groups(rows):
+            result = self._row_result(index, group)
+            tiles = [t for t in group if not t.skipped]
+            outputs = self._per_tile(tiles, self._tile_gradients)
+            for tile, (acts, part, output) in zip(tiles, outputs, strict=True):
+                result.part = part if result.part is None else result.part + part
+                if cache is not None:
+                    assert tile.valid is not None
+                    cache[tile.key] = _Cached(acts.cpu(), tile.valid)
+                self._add_extras(extras, tile, output)
+            self._progress(len(group))
+            if last:
+                yield self._finish_row(result, None, extras, counts=True)
+                _, extras = self._strips(heat=False)
+
+    def map_rows(
+        self,
+        rows: range,
+        weights: torch.Tensor,
+        *,
+        cache: dict[tuple[int, int], _Cached] | None = None,
+        pass_one: bool | None = None,
+    ) -> Iterator[RowResult]:
+        """Pass 2: every tile's map with the scene's ``weights`` (from ``cache``: no reading).
+
+        Without a cache the activations come from another forward pass: with pass 1's function
+        when ``pass_one`` (what a run that cached used: the same values), else a plain forward.
+        ``pass_one=None`` decides as a single-process run would (whether the cache fits).
+        """
+        if pass_one is None:
+            pass_one = self._cache_fits()
+        recompute = self._pass_one_activations if pass_one else self._activations
+        heat, _ = self._strips(extras=False)
+        if cache is None:
+            groups = self._groups(rows, self.resume_row)
+        else:  # pass 1 kept each tile's activations and validity; absent tiles were nodata
+            tile_rows = self.layout.row_groups()
+            groups = iter(
+                [
+                    (
+                        r,
+                        [self._cached_tile(w, cache.get(window_key(w))) for w in tile_rows[r]],
+                        True,
+                        True,
+                    )
+                    for r in rows
+                ]
+            )
+        for index, group, last, needed in groups:
+            result = self._row_result(index, group)
+            tiles = [t for t in group if not t.skipped] if needed else []
+            if cache is None:
+                found = self._per_tile(tiles, recompute)
+            else:
+                found = [cache.pop(t.key).activations for t in tiles]
+            for tile, acts in zip(tiles, found, strict=True):
+                acts = acts[None].to(self.device)
+                signed = combine(
+                    self.explanation.method, acts, None, weights[None].to(acts.dtype)  # type: ignore[arg-type]
+                )  # fmt: skip
+                self._add_heat(heat, tile, signed[0])
+            self._progress(len(group))
+            if last:
+                yield self._finish_row(result, heat)
+                heat, _ = self._strips(extras=False)
+
+    def _row_result(self, index: int, group: Sequence[Tile]) -> RowResult:
+        """The row's result, begun at its first group (later groups of the row add to it)."""
+        if self._current is None or self._current.index != index:
+            self._current = RowResult(index)
+        self._current.tiles += len(group)
+        self._current.skipped += sum(t.skipped for t in group)
+        return self._current
+
+    def _finish_row(
+        self,
+        result: RowResult,
+        heat: RowStrip | None = None,
+        extras: list[tuple[ProductSpec, RowStrip]] | None = None,
+        *,
+        counts: bool = False,
+    ) -> RowResult:
+        self._current = None
+        targets = ([] if heat is None else [("heatmap", heat)]) + [
+            (spec.name, strip) for spec, strip in extras or []
+        ]
+        for name, target in targets:
+            strip = target.strip()
+            if strip is not None:
+                result.strips[name] = strip
+        if counts and result.tiles:
+            first = self._first_tile(result.index)
+            result.counts = self.region_counts[first : first + result.tiles].copy()
+        return result
+
+    def _strips(
+        self, *, heat: bool = True, extras: bool = True
+    ) -> tuple[RowStrip, list[tuple[ProductSpec, RowStrip]]]:
+        """Zero-started strips of one tile row, for the heatmap and the other products."""
+        width, tile = self.source.grid.width, self.layout.tile
+        made = [
+            (spec, RowStrip(self._bands(spec), width, tile, scale=self._scale(spec)))
+            for spec in self.specs
+            if (spec.name == "heatmap" and heat) or (spec.name != "heatmap" and extras)
+        ]
+        if heat:
+            return made[0][1], made[1:]
+        return RowStrip(0, 0, 0), made
+
+    def _bands(self, spec: ProductSpec) -> int:
+        """Bands accumulated for a product (the class map: every class's probability)."""
+        return len(self.spec.classes) if spec.name == "classes" else len(spec.bands)
 
     def _gradients(self, tiles: Sequence[Tile], *, core: bool) -> LayerGradients:
         """One forward and backward for a batch (the region restricted to the cores with ``core``).
@@ -360,30 +627,11 @@ class _Scene:
         )
         occlusion_.check_cost(passes_, seconds, size, occ)
 
-    def _activation_sums(self, bar: tqdm[None]) -> torch.Tensor:
-        """Pass 0 of Grad-CAM++: per-channel activation sums over the scene, each cell once.
-
-        With the predicted region, each core's prediction is recorded for pass 1
-        (:mod:`geocam.scene.predicted`).
-        """
-        if self.explanation.region == "predicted":
-            grid = self.source.grid
-            self._predicted = PredictedRegion(len(self.classes), grid.height, grid.width)
-        total: torch.Tensor | None = None
-        for group in self._groups():
-            tiles = [t for t in group if not t.skipped]
-            for part in self._per_tile(tiles, self._activation_sum_parts):
-                total = part if total is None else total + part
-            bar.update(len(group))
-        if total is None:
-            raise self._all_nodata()
-        return total
-
     def _activation_sum_parts(self, tiles: Sequence[Tile]) -> list[torch.Tensor]:
         images, valid = self._batch(tiles, core=False)
         acts, output = layer_activations(self.model, images, self.layer, self.options)
         self._check_output(images, output)
-        if self._predicted is not None:  # each core's own prediction, for pass 1
+        if self.explanation.region == "predicted":  # each core's own prediction, for pass 1
             table = class_table(self.classes, len(tiles), output.device)
             options = self.options
             region = region_weights(
@@ -392,52 +640,15 @@ class _Scene:
             )  # fmt: skip
             for tile, weights in zip(tiles, region.cpu().numpy(), strict=True):
                 rows, cols = core_in_tile(self.layout, tile.window)
-                self._predicted.record(self.layout.core(tile.window), weights[:, rows, cols])
+                self._core_predictions.append(
+                    (self.layout.core(tile.window), weights[:, rows, cols])
+                )
         return list(passes.activation_sums(acts, self._shares(tiles, acts)).cpu())
 
     def _activations(self, tiles: Sequence[Tile]) -> list[torch.Tensor]:
         images, _ = self._batch(tiles, core=False)
         acts, _ = layer_activations(self.model, images, self.layer, self.options)
         return list(acts)
-
-    def _global_weights(
-        self,
-        bar: tqdm[None],
-        extras: list[tuple[ProductSpec, BandAccumulator]],
-        activation_sums: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, dict[tuple[int, int], _Cached] | None]:
-        """Pass 1: the scene's channel weights ``(K, C)``; activations kept if they fit."""
-        total: torch.Tensor | None = None
-        cache: dict[tuple[int, int], _Cached] | None = {} if self._cache_fits() else None
-        self._scene_activation_sums = activation_sums
-        for group in self._groups():
-            tiles = [t for t in group if not t.skipped]
-            outputs = {}
-            for tile, (acts, part, output) in zip(
-                tiles, self._per_tile(tiles, self._tile_gradients), strict=True
-            ):
-                total = part if total is None else total + part
-                outputs[tile.key] = output
-                if cache is not None:
-                    assert tile.valid is not None
-                    cache[tile.key] = _Cached(acts.cpu(), tile.valid)
-            for tile in group:
-                if not tile.skipped:
-                    self._add_extras(extras, tile, outputs[tile.key])
-                self._flush(tile, *(acc for _, acc in extras))
-                bar.update()
-        if total is None:
-            raise self._all_nodata()
-        self._check_region()
-        grid = self.source.grid
-        cells = grid.height * grid.width / self.stride**2
-        weights = passes.scene_weights(self.explanation.method, total, cells)  # type: ignore[arg-type]
-        if not torch.isfinite(weights).all():
-            raise GeocamError(
-                f"the gradients at layer {self.layer!r} are not finite (float16 overflow?): "
-                "run in full precision (Runtime.precision fp32) or choose another layer"
-            )
-        return weights.to(self.device), cache
 
     def _cache_fits(self) -> bool:
         """Whether every tile's activations (float32 on the host) fit the cache budget."""
@@ -465,44 +676,6 @@ class _Scene:
         )  # fmt: skip
         return list(zip(grads.activations, parts.cpu(), grads.output, strict=True))
 
-    def _map_pass(
-        self,
-        bar: tqdm[None],
-        heat: BandAccumulator,
-        weights: torch.Tensor,
-        cache: dict[tuple[int, int], _Cached] | None,
-        *,
-        resumed: bool = False,
-    ) -> None:
-        """Pass 2: every tile's map with the scene's weights (from the cache: no reading).
-
-        Without a cache the activations come from another forward pass; a resumed run takes
-        them from the same function as the run it resumes (pass 1's when that one cached).
-        """
-        recompute = self._activations
-        if resumed and self._cache_fits():
-            recompute = self._pass_one_activations
-        if cache is None:
-            groups = self._groups(self.resume_row)
-        else:  # pass 1 kept each tile's activations and validity; absent tiles were nodata
-            groups = iter([[self._cached_tile(w, cache.get(window_key(w))) for w in self.windows]])
-        for group in groups:
-            tiles = [t for t in group if not t.skipped]
-            if cache is None:
-                found = dict(
-                    zip((t.key for t in tiles), self._per_tile(tiles, recompute), strict=True)
-                )
-            for tile in group:
-                if not tile.skipped:
-                    acts = found[tile.key] if cache is None else cache.pop(tile.key).activations
-                    acts = acts[None].to(self.device)
-                    signed = combine(
-                        self.explanation.method, acts, None, weights[None].to(acts.dtype)  # type: ignore[arg-type]
-                    )[0]  # fmt: skip
-                    self._add_heat(heat, tile, signed)
-                self._flush(tile, heat)
-                bar.update()
-
     def _pass_one_activations(self, tiles: Sequence[Tile]) -> list[torch.Tensor]:
         return list(self._pass_one_forward(tiles).activations)
 
@@ -520,36 +693,35 @@ class _Scene:
 
     # --- tiles -----------------------------------------------------------------------------
 
-    def _groups(self, after_row: int = 0) -> Iterator[list[Tile]]:
-        """Consecutive tiles, up to a batch of valid ones each, read ahead in a thread.
+    def _groups(
+        self, rows: range, after_row: int = 0
+    ) -> Iterator[tuple[int, list[Tile], bool, bool]]:
+        """The tiles of tile rows ``rows``, in batches of up to a batch of valid tiles each.
 
-        Groups whose tiles all end above source row ``after_row`` (finished by an earlier run)
-        are left out; the others are the same batches as in an uninterrupted run. Skipped
-        (all-nodata) tiles keep only their window, so memory does not grow with the nodata.
+        Yields ``(tile row, tiles, last of its row, needed)``; a batch never crosses a tile row,
+        so a band of tile rows has the same batches in any process. Rows whose tiles all end
+        above source row ``after_row`` (finished by an earlier run) are read but not needed.
+        Read ahead in a thread; skipped (all-nodata) tiles keep only their window, so memory
+        does not grow with the nodata.
         """
-        self.skipped = 0
         region = self.explanation.region
         reader = None if isinstance(region, str) else region
+        tile_rows = self.layout.row_groups()
 
-        def needed(group: list[Tile]) -> bool:
-            return any(t.window.row_off + t.window.height > after_row for t in group)
-
-        def produce() -> Iterator[list[Tile]]:
-            group: list[Tile] = []
-            valid_count = 0
-            for window in self.windows:
-                tile = read_tile(self.source, self.layout, window, self.spec, reader)
-                if tile.skipped:
-                    self.skipped += 1
-                else:
-                    valid_count += 1
-                group.append(tile)
-                if valid_count == self.tiling.batch_size:
-                    if needed(group):
-                        yield group
-                    group, valid_count = [], 0
-            if group and needed(group):
-                yield group
+        def produce() -> Iterator[tuple[int, list[Tile], bool, bool]]:
+            for index in rows:
+                windows = tile_rows[index]
+                needed = int(windows[0].row_off + windows[0].height) > after_row
+                group: list[Tile] = []
+                valid_count = 0
+                for number, window in enumerate(windows):
+                    tile = read_tile(self.source, self.layout, window, self.spec, reader)
+                    valid_count += not tile.skipped
+                    group.append(tile)
+                    last = number == len(windows) - 1
+                    if valid_count == self.tiling.batch_size or last:
+                        yield index, group, last, needed
+                        group, valid_count = [], 0
 
         return read_ahead(produce(), self.tiling.read_ahead)
 
@@ -602,10 +774,9 @@ class _Scene:
 
     def _accumulator(self, spec: ProductSpec, sink: StripSink, start: int) -> BandAccumulator:
         grid = self.source.grid
-        bands = len(spec.bands)
+        bands = self._bands(spec)
         finish: Callable[[np.ndarray, np.ndarray], np.ndarray] = self._heat_mean
         if spec.name == "classes":
-            bands = len(self.spec.classes)  # every class's probability
             threshold = self.explanation.threshold
 
             def finish(sums: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -650,7 +821,7 @@ class _Scene:
         weights: np.ndarray = self.layout.blend_weights(tile.window) * tile.valid[:h, :w]
         return weights
 
-    def _add_heat(self, heat: BandAccumulator, tile: Tile, signed: torch.Tensor) -> None:
+    def _add_heat(self, heat: RowStrip, tile: Tile, signed: torch.Tensor) -> None:
         """Add a tile's ``(K, h, w)`` signed maps and their positive part to the heatmap.
 
         At source resolution the maps are upsampled bilinearly to the tile; at native
@@ -675,7 +846,7 @@ class _Scene:
 
     def _add_extras(
         self,
-        extras: list[tuple[ProductSpec, BandAccumulator]],
+        extras: list[tuple[ProductSpec, RowStrip]],
         tile: Tile,
         output: torch.Tensor,
     ) -> None:
@@ -692,16 +863,6 @@ class _Scene:
             else:
                 values = probabilities[self.classes, :h, :w].cpu().numpy()
             acc.add(row, col, values, self._pixel_weights(tile))
-
-    def _flush(self, tile: Tile, *accumulators: BandAccumulator) -> None:
-        """Flush every row above the next tile's first row: no later tile touches it."""
-        index = self._index[tile.key]
-        following = self.windows[index + 1] if index + 1 < len(self.windows) else None
-        final = None if following is None else int(following.row_off)
-        if not self.scene_weights and any(acc.ready(final) for acc in accumulators):
-            self._save_state(None)  # the region counts of every tile whose rows get stored
-        for acc in accumulators:
-            acc.flush(final)
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -797,3 +958,7 @@ def _reporting(bar: tqdm[None], report: Callable[[int, int], None]) -> Callable[
         return update(n)
 
     return reporting
+
+
+def _ignore(count: int) -> None:
+    """No progress to report (a band computed on a worker)."""

@@ -39,7 +39,36 @@ class PredictedRegion:
         out[:, : block.shape[1], : block.shape[2]] = block
         return out
 
+    def rows(self, top: int, bottom: int) -> PredictedRows:
+        """A copy of the record's source rows ``top..bottom``: what a band of tiles reads."""
+        return PredictedRows(np.array(self.mask[:, top:bottom]), top)
+
     def close(self) -> None:
         """Remove the record."""
         del self.mask
         self._folder.cleanup()
+
+
+class PredictedRows:
+    """Part of the record, rows ``top..`` of the scene, in memory: what a worker's band reads.
+
+    Reads windows in the scene's coordinates exactly as :class:`PredictedRegion` does.
+    """
+
+    def __init__(self, mask: np.ndarray, top: int) -> None:
+        self.mask = mask
+        self.top = top
+
+    def read(self, window: Window, shape: tuple[int, int]) -> np.ndarray:
+        """The region of ``window`` as float32 ``(classes, *shape)``, zero-padded to ``shape``."""
+        shifted = Window(window.col_off, window.row_off - self.top, window.width, window.height)
+        if shifted.row_off < 0 or shifted.row_off + shifted.height > self.mask.shape[1]:
+            raise ValueError(f"{window} is outside the rows held ({self.top}..)")
+        rows, cols = shifted.toslices()
+        out = np.zeros((self.mask.shape[0], *shape), dtype=np.float32)
+        block = self.mask[:, rows, cols]
+        out[:, : block.shape[1], : block.shape[2]] = block
+        return out
+
+    def close(self) -> None:
+        """Nothing to remove (the rows are in memory)."""
