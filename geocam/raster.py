@@ -6,9 +6,9 @@ Thin layers over :func:`geocam.scene.explain_scene` that choose the source and t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -32,6 +32,9 @@ from geocam.tiling import native_transform
 
 if TYPE_CHECKING:
     import xarray as xr
+    from distributed import Client
+
+    from geocam.batch.run import ModelConfig
 
 SUFFIXES = {"heatmap": "", "probabilities": "_probability", "classes": "_classes"}
 
@@ -86,6 +89,9 @@ def explain_raster(
     destination: Destination | None = None,
     fallback_nodata: float | None = None,
     provenance: Mapping[str, str] | None = None,
+    client: Client | None = None,
+    bands: int | None = None,
+    model_config: ModelConfig | None = None,
 ) -> SceneReport:
     """Explain one scene (one or more stacked rasters) and write its GeoTIFF products.
 
@@ -104,8 +110,18 @@ def explain_raster(
     continues from it and writes outputs bitwise identical to an uninterrupted run's.
     ``provenance`` (a model source's :meth:`~geocam.models.ModelSource.tags`: its kind and
     the SHA-256 of its weights file) is recorded in every output.
+
+    With a Dask ``client`` the scene's tile rows are split into ``bands`` bands computed on its
+    workers (:mod:`geocam.scene.distributed`; the workers must read the same paths), written
+    here, bitwise identical to a run in this process; workers get the network once, or load
+    ``model_config`` once per process. Such a run cannot ``resume``.
     """
     products = products or Products()
+    split = None if client is None else _Split(client, bands, model_config)
+    if split is not None:
+        from geocam.scene.distributed import check_split
+
+        check_split(resume)
     paths = product_paths(out, products)
     if destination is not None:
         missing = [name for name, path in paths.items() if destination.outputs.get(name) != path]
@@ -113,13 +129,13 @@ def explain_raster(
             raise ValueError(f"the destination does not hold the product(s) {missing}")
         return _explain_into(
             destination, sources, paths, spec, explanation, tiling, runtime, products, nodata,
-            model, resume, fallback_nodata, provenance,
+            model, resume, fallback_nodata, provenance, split,
         )  # fmt: skip
     inputs = run_inputs(sources, spec, explanation)
     with Destination(paths, inputs=inputs, overwrite=products.overwrite) as own:
         report = _explain_into(
             own, sources, paths, spec, explanation, tiling, runtime, products, nodata, model,
-            resume, fallback_nodata, provenance,
+            resume, fallback_nodata, provenance, split,
         )  # fmt: skip
         own.commit()
     return report
@@ -139,6 +155,7 @@ def _explain_into(
     resume: bool,
     fallback_nodata: float | None,
     provenance: Mapping[str, str] | None = None,
+    split: _Split | None = None,
 ) -> SceneReport:
     """:func:`explain_raster`'s work, with the products staged in ``destination``."""
     network = build_model(spec) if model is None else model
@@ -196,10 +213,20 @@ def _explain_into(
         }
         journal = Journal(folder, fingerprint, resume=resume, run_id=destination.run_id)
         try:
-            report = explain_scene(
-                network, spec, source, explanation, sink,
-                tiling=tiling, runtime=runtime, products=products, checkpoint=journal,
-            )  # fmt: skip
+            if split is None:
+                report = explain_scene(
+                    network, spec, source, explanation, sink,
+                    tiling=tiling, runtime=runtime, products=products, checkpoint=journal,
+                )  # fmt: skip
+            else:
+                from geocam.scene.distributed import explain_scene_distributed, recipe_of
+
+                recipe = recipe_of(_as_list(sources), spec.bands, nodata, fallback_nodata, fill)
+                report = explain_scene_distributed(
+                    network, spec, source, recipe, explanation, sink, split.client,
+                    tiling=tiling, runtime=runtime, products=products, bands=split.bands,
+                    model_config=split.model_config,
+                )  # fmt: skip
             region = {
                 f"GEOCAM_REGION_PIXELS_{k.upper()}": f"{v:.0f}"
                 for k, v in report.region_pixels.items()
@@ -219,6 +246,15 @@ def _explain_into(
     journal.discard()
     report.outputs = {name: paths[name] for name in writers}
     return report
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A run split across a Dask client's workers."""
+
+    client: Client
+    bands: int | None
+    model_config: ModelConfig | None
 
 
 def _needed(heat: ProductSpec, products: Products, stored: int) -> dict[str, int]:
@@ -241,6 +277,7 @@ def explain_xarray(
     runtime: Runtime | None = None,
     resolution: str = "source",
     model: nn.Module | None = None,
+    bands: int | None = None,
 ) -> xr.DataArray:
     """Explain a ``(band, y, x)`` DataArray with a CRS and transform (rioxarray ``.rio``).
 
@@ -248,13 +285,19 @@ def explain_xarray(
     feature map's grid for ``resolution="native"``) with the same CRS, NaN where nodata: where
     every selected band holds the DataArray's nodata or is not finite. A band without data at
     a pixel that has others is fed as its mean (:func:`geocam.sources.fill_nodata`).
+
+    A dask-backed DataArray gives a lazy heatmap: nothing is read or computed until it is
+    (``.compute()``, by whatever Dask scheduler is in use); its row blocks come from ``bands``
+    bands of tile rows (:func:`geocam.scene.distributed.lazy_heatmap`), equal to the eager
+    result. Its checks (an empty region, every pixel nodata) are raised by the computation.
     """
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
     if data.ndim != 3:
         raise GeocamError(f"the DataArray has dims {data.dims}; expected (band, y, x)")
-    pixels = np.asarray(data.values)
+    lazy = data.chunks is not None
+    pixels = data.data if lazy else np.asarray(data.values)
     if spec.bands:
         if len(spec.bands) != 1:
             raise GeocamError("a DataArray is one raster; stack multi-raster inputs into one first")
@@ -262,25 +305,26 @@ def explain_xarray(
     transform = data.rio.transform()
     grid = Grid(data.rio.crs, transform, pixels.shape[2], pixels.shape[1])
     nodata = data.rio.nodata if data.rio.nodata is not None else data.rio.encoded_nodata
+    where = _lazy_where if lazy else np.where
     if nodata is not None and not np.isnan(nodata):  # a band's nodata is never data: NaN
-        pixels = np.where(pixels == nodata, np.float32(np.nan), pixels.astype(np.float32))
-    source = ArraySource(pixels, grid, fill=mean_fill(spec.normalisation, len(pixels)))
-    sinks: dict[str, ArraySink] = {}
-
-    def sink(product: ProductSpec) -> ArraySink:
-        sinks[product.name] = ArraySink(len(product.bands), product.grid.height, product.grid.width)
-        return sinks[product.name]
-
+        pixels = where(pixels == nodata, np.float32(np.nan), pixels.astype(np.float32))
     products = Products(resolution="native" if resolution == "native" else "source")
     network = build_model(spec) if model is None else model
-    report = explain_scene(
-        network, spec, source, explanation, sink,
-        tiling=tiling, runtime=runtime, products=products,
-    )  # fmt: skip
-    heat = sinks["heatmap"].data
+    if lazy:
+        from geocam.scene.distributed import lazy_heatmap
+
+        heat, scene = lazy_heatmap(
+            network, spec, pixels.astype(np.float32), grid, explanation,
+            tiling=tiling, runtime=runtime, products=products, bands=bands,
+        )  # fmt: skip
+        layer, stride = scene.layer, scene.stride
+    else:
+        heat, report = _eager_heatmap(network, spec, pixels, grid, explanation, tiling, runtime,
+                                      products)  # fmt: skip
+        layer, stride = report.layer, report.stride
     out_transform = transform
     if resolution == "native":
-        out_transform = native_transform(transform, report.stride)
+        out_transform = native_transform(transform, stride)
     height, width = heat.shape[1:]
     xs = out_transform.c + out_transform.a * (np.arange(width) + 0.5)
     ys = out_transform.f + out_transform.e * (np.arange(height) + 0.5)
@@ -293,12 +337,43 @@ def explain_xarray(
         heat,
         dims=("band", "y", "x"),
         coords={"band": names, "y": ys, "x": xs},
-        attrs={"method": explanation.method, "layer": report.layer},
+        attrs={"method": explanation.method, "layer": layer},
         name="geocam",
     )
     result = result.rio.write_crs(data.rio.crs).rio.write_transform(out_transform)
     written: xr.DataArray = result.rio.write_nodata(np.nan, encoded=False)
     return written
+
+
+def _eager_heatmap(
+    network: nn.Module,
+    spec: ModelSpec,
+    pixels: np.ndarray,
+    grid: Grid,
+    explanation: Explanation,
+    tiling: Tiling | None,
+    runtime: Runtime | None,
+    products: Products,
+) -> tuple[np.ndarray, SceneReport]:
+    """The heatmap of pixels in memory, computed now."""
+    source = ArraySource(pixels, grid, fill=mean_fill(spec.normalisation, len(pixels)))
+    sinks: dict[str, ArraySink] = {}
+
+    def sink(product: ProductSpec) -> ArraySink:
+        sinks[product.name] = ArraySink(len(product.bands), product.grid.height, product.grid.width)
+        return sinks[product.name]
+
+    report = explain_scene(
+        network, spec, source, explanation, sink,
+        tiling=tiling, runtime=runtime, products=products,
+    )  # fmt: skip
+    return sinks["heatmap"].data, report
+
+
+def _lazy_where(condition: Any, value: Any, other: Any) -> Any:
+    import dask.array as da
+
+    return da.where(condition, value, other)
 
 
 def _as_list(sources: str | Path | Sequence[str | Path]) -> list[str | Path]:
