@@ -7,9 +7,10 @@ A user mistake prints one line and exits non-zero (``--debug`` shows the traceba
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +289,12 @@ MODEL_HELP = (
     is_flag=True,
     help="Continue a run that was killed or interrupted, from OUT.resume (same settings).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Split the scene's tile rows across a local Dask cluster of N worker processes.",
+)
+@click.option("--scheduler", help="Split the scene across an existing Dask cluster (its address).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option("--verbose", "-v", is_flag=True, help="Progress bar even when not on a terminal.")
 @click.option(
@@ -310,7 +317,7 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
             probabilities: bool, class_map: bool, cog: bool, qml: bool, overlay: bool,
             quicklook: bool, hotspots: bool, qgis_project: bool, hotspot_format: str,
             hotspot_threshold: str,
-            overwrite: bool, resume: bool,
+            overwrite: bool, resume: bool, workers: int | None, scheduler: str | None,
             quiet: bool, verbose: bool, progress_format: str) -> None:  # fmt: skip
     """Explain CLASS over REGION in the scene SOURCES (stacked) and write georeferenced heatmaps."""
     from geocam.config import open_preset
@@ -339,13 +346,16 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
     hook = None
     if progress_format == "json":
         hook = json_progress(plan_job(job, preset).explanation.passes)
-    report = run_job(
-        job,
-        preset,
-        model=model.model if model is not None else None,
-        provenance=model.tags() if model is not None else None,
-        progress=hook,
-    )
+    weights_file = preset.spec.checkpoint is not None or model is not None
+    with split_across(workers, scheduler, resume, config, model_source, weights_file) as split:
+        report = run_job(
+            job,
+            preset,
+            model=model.model if model is not None else None,
+            provenance=model.tags() if model is not None else None,
+            progress=hook,
+            split=split,
+        )
     if not quiet:
         for name, path in report.outputs.items():
             click.echo(f"{name}: {path}")
@@ -357,6 +367,44 @@ def explain(sources: tuple[str, ...], config: Path | None, model_source: str | N
         )
         if report.resumed_from_row:
             click.echo(f"resumed: rows above {report.resumed_from_row} came from the earlier run")
+
+
+@contextlib.contextmanager
+def split_across(
+    workers: int | None,
+    scheduler: str | None,
+    resume: bool,
+    config: Path | None,
+    model_source: str | None,
+    weights_file: bool,
+) -> Iterator[tuple[Any, Any] | None]:
+    """The Dask client and model config of ``--workers``/``--scheduler`` (None: this process).
+
+    Workers load the model from the preset once per process when its weights come from a file;
+    a network built with random weights (no checkpoint) is sent to them instead.
+    """
+    from geocam.errors import GeocamError
+
+    if workers is None and scheduler is None:
+        yield None
+        return
+    if workers is not None and scheduler is not None:
+        raise GeocamError("--workers starts a local cluster, --scheduler uses one: give one")
+    from geocam.scene.distributed import check_split
+
+    check_split(resume)
+    try:
+        from geocam.batch.dask import dask_executor
+    except ImportError:
+        raise GeocamError(
+            "--workers and --scheduler need Dask: pip install 'geocam[dask]'"
+        ) from None
+    from geocam.batch.run import ModelConfig, local_threads
+
+    threads = local_threads(workers) if workers else None
+    path = str(config.absolute()) if config is not None else None
+    with dask_executor(workers=workers, scheduler=scheduler) as executor:
+        yield executor.client, ModelConfig(path, model_source, threads) if weights_file else None
 
 
 def json_progress(passes: int) -> Callable[[int, int], None]:

@@ -179,6 +179,7 @@ def run_job(
     fingerprint: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     sweep: bool = False,
+    split: tuple[Any, Any] | None = None,
 ) -> SceneReport:
     """Explain ``job``'s scene and write every product, all committed together or none.
 
@@ -188,7 +189,9 @@ def run_job(
     with the tiles done and their total instead of ``job.progress``. The report's
     ``outputs`` name every file written. With ``sweep``, the scratch files that other runs of
     these outputs left (killed after their journal was gone: while the GIS products were made
-    or the files renamed) are removed once this run holds the outputs' locks.
+    or the files renamed) are removed once this run holds the outputs' locks. ``split``, a
+    Dask client and the :class:`~geocam.batch.run.ModelConfig` its workers load, splits the
+    scene across the workers (:mod:`geocam.scene.distributed`).
     """
     from geocam.output import Destination
     from geocam.products import region_outline, write_gis_products
@@ -225,6 +228,8 @@ def run_job(
             destination=destination,
             model=model,
             provenance=tags or None,
+            client=None if split is None else split[0],
+            model_config=None if split is None else split[1],
         )
         classes_map = report.outputs.get("classes")
         outline = region_outline(

@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from click.testing import CliRunner
+from conftest import tiny_preset
 from rasterio.transform import from_origin
+from safetensors.torch import save_file
 from scene_networks import SPEC, ContextNet, scene
 from torch import nn
 
-from geocam import GeocamError
+from geocam import GeocamError, build_model, load_config
+from geocam.cli import cli
 from geocam.raster import explain_raster, explain_xarray
 from geocam.scene import Explanation, Products, Runtime, Tiling
 from geocam.scene.distributed import split_rows
@@ -190,3 +194,37 @@ def test_a_worker_sees_the_model_it_was_given(files: dict[str, Path]) -> None:
     one = explain_xarray(data, SPEC, explanation, tiling=TILING, runtime=QUIET, model=a)
     two = explain_xarray(data, SPEC, explanation, tiling=TILING, runtime=QUIET, model=b)
     assert one.values.tobytes() != two.values.tobytes()
+
+
+@pytest.mark.slow  # a cluster of its own and a small Unet: ~1 min on 2 cores
+def test_the_cli_splits_a_scene_across_local_workers(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """``geocam explain --workers 2``: the same pixels as in one process; workers load the
+    preset's checkpoint; --workers with --scheduler, or with --resume, is one line."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_preset(tile=64, overlap=16))
+    torch.manual_seed(0)
+    model = build_model(load_config(config).spec)
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, tmp_path / "tiny.safetensors")
+    config.write_text(tiny_preset(tile=64, overlap=16) + "checkpoint: tiny.safetensors\n")
+    common = [
+        "explain", str(files["scene"]), "-c", str(config), "--class", "water", "-q",
+        "--class-map",
+    ]  # fmt: skip
+    runner = CliRunner()
+    one = runner.invoke(cli, [*common, "-o", str(tmp_path / "one.tif")])
+    assert one.exit_code == 0, one.output
+    two = runner.invoke(cli, [*common, "-o", str(tmp_path / "two.tif"), "--workers", "2"])
+    assert two.exit_code == 0, two.output
+    for a, b in [("one.tif", "two.tif"), ("one_classes.tif", "two_classes.tif")]:
+        with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:
+            assert x.read().tobytes() == y.read().tobytes()
+    both = runner.invoke(cli, [*common, "-o", str(tmp_path / "x.tif"), "--workers", "2",
+                               "--scheduler", "tcp://127.0.0.1:1"])  # fmt: skip
+    assert both.exit_code != 0 and "give one" in both.output
+    resumed = runner.invoke(cli, [*common, "-o", str(tmp_path / "x.tif"), "--workers", "2",
+                                  "--resume"])  # fmt: skip
+    assert resumed.exit_code != 0 and "--resume: a scene split across workers" in resumed.output
+    assert not list(tmp_path.glob("x*"))

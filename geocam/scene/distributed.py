@@ -262,6 +262,10 @@ def explain_scene_distributed(
     heat = {"heatmap": accs["heatmap"]}
     extras = {name: acc for name, acc in accs.items() if name != "heatmap"}
     bar = scene.progress_bar()
+    if model_config is not None:  # built once per worker process, as a batch's
+        from geocam.batch.dask import ModelPlugin
+
+        client.register_plugin(ModelPlugin(model_config))
     shared = client.scatter(job, broadcast=True)  # type: ignore[no-untyped-call]
     try:
 
