@@ -11,6 +11,7 @@ median of the per-round ratios, which cancels drift that a ratio of medians woul
     python benchmarks/run.py nodata          # peak memory, mostly nodata vs valid (minutes)
     python benchmarks/run.py batch           # 8 scenes in-process vs a local Dask cluster
     python benchmarks/run.py core scene --device cuda   # the same groups on a GPU
+    python benchmarks/run.py split           # one 8192^2 mosaic: one process vs 2 Dask workers
 
 Groups register themselves with :func:`register` and return :class:`Row` objects.
 """
@@ -25,6 +26,7 @@ import batch  # noqa: F401  (registers its group)
 import core  # noqa: F401
 import nodata  # noqa: F401
 import scene  # noqa: F401
+import split  # noqa: F401
 from common import GROUPS, Row, Settings, header, resolve, table
 
 # --- command line ---------------------------------------------------------------------------
