@@ -289,7 +289,8 @@ def explain_xarray(
     A dask-backed DataArray gives a lazy heatmap: nothing is read or computed until it is
     (``.compute()``, by whatever Dask scheduler is in use); its row blocks come from ``bands``
     bands of tile rows (:func:`geocam.scene.distributed.lazy_heatmap`), equal to the eager
-    result. Its checks (an empty region, every pixel nodata) are raised by the computation.
+    result. Its checks (non-finite maps; with scene weights an empty region or every pixel
+    nodata) are raised by the computation; a map zero everywhere is not refused.
     """
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
