@@ -23,7 +23,8 @@ import pickle
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -269,8 +270,8 @@ def explain_scene_distributed(
     shared = client.scatter(job, broadcast=True)  # type: ignore[no-untyped-call]
     try:
 
-        def results(kind: Kind, **extra: Callable[[range], Any] | Any) -> Iterator[RowResult]:
-            return _gather(client, shared, kind, parts, bar.update, **extra)
+        def results(kind: Kind, **extra: Any) -> Iterator[RowResult]:
+            return _gather(client, shared, kind, parts, bar.update, extra)
 
         if scene.scene_weights:
             sums = None
@@ -308,25 +309,40 @@ def _gather(
     kind: Kind,
     parts: Sequence[range],
     progress: Callable[[int], object],
-    **extra: Any,
+    extra: Mapping[str, Any],
+    ahead: int | None = None,
 ) -> Iterator[RowResult]:
-    """Submit every band of a pass, then yield their rows in order as the bands arrive.
+    """Submit a pass's bands and yield their rows in order, as the bands arrive.
 
-    Only one band's results are held here at a time; a failing band raises its error.
+    ``extra`` are the bands' keyword arguments (a callable: called with the band's rows).
+
+    Up to ``ahead`` bands (default: twice the workers) run beyond the one being reduced, so
+    memory holds a few bands' results, here and on the workers; a failing band raises.
     """
-    futures = []
-    for rows in parts:
-        given = {k: v(rows) if callable(v) else v for k, v in extra.items()}
-        futures.append(client.submit(run_band, job, kind, rows, pure=False, retries=1, **given))
+    if ahead is None:
+        ahead = 2 * max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    pending: deque[Any] = deque()
+    queued = iter(parts)
+
+    def submit() -> None:
+        rows = next(queued, None)
+        if rows is not None:
+            given = {k: v(rows) if callable(v) else v for k, v in extra.items()}
+            pending.append(client.submit(run_band, job, kind, rows, pure=False, retries=1, **given))
+
     try:
-        for future in futures:
+        for _ in range(ahead + 1):
+            submit()
+        while pending:
+            future = pending.popleft()
             band: list[RowResult] = future.result()
-            future.release()  # type: ignore[no-untyped-call]
+            future.release()
+            submit()
             progress(sum(r.tiles for r in band))
             yield from band
     finally:
-        for future in futures:
-            future.cancel()  # type: ignore[no-untyped-call]
+        for future in pending:
+            future.cancel()
 
 
 # --- lazy xarray --------------------------------------------------------------------------
