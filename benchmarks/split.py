@@ -4,9 +4,10 @@ An 8192 x 8192 mosaic of the Itaipu Landsat-8 scene (3 bands uint16, 0 = nodata,
 times) explained with a small convolutional network (2 strided convolutions to a stride-4
 layer, one 3 x 3 context convolution, 2 classes; random weights, seed 0), Grad-CAM with
 scene-consistent weights (two passes), class b, predicted region, tile 512, overlap 64, heatmap
-at source resolution, on the device asked for: in this process (torch threads: every core), then split into 4 bands on
-a local cluster of 2 worker processes (1 thread each), started before the timing (its start-up
-is a row of its own). Both write a GeoTIFF; the pixels must be the same bytes.
+at source resolution, on the device asked for: in this process (torch threads: every core),
+then split into 4 bands on a local cluster of 2 worker processes (1 thread each), started
+before the timing (its start-up is a row of its own). Both write a GeoTIFF; the pixels must be
+the same bytes.
 """
 
 from __future__ import annotations

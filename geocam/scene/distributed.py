@@ -292,6 +292,7 @@ def explain_scene_distributed(
             scene._forget_predicted()
             scene.reduce(results("map", weights=weights.cpu()), heat)
         else:
+            scene.check_single_pass()
             scene.reduce(results("single"), accs)
             if scene.skipped == len(scene.windows):
                 raise scene._all_nodata()
@@ -423,6 +424,7 @@ def lazy_heatmap(
         )
         maps = [band("map", i, weights=weights) for i in indexes]
     else:
+        scene.check_single_pass()  # (occlusion times one batch of zeros, not the data)
         maps = [band("single", i) for i in indexes]
     spec0 = scene.specs[0]
     scale = scene._scale(spec0)

@@ -257,8 +257,7 @@ class _Scene:
                 self._save_state(weights)
                 self.reduce(self.map_rows(everything, weights, cache=cache), heat)
             else:
-                if self.explanation.method == "occlusion":
-                    self._check_occlusion_cost()
+                self.check_single_pass()
                 self.reduce(self.single_rows(everything), accs)
                 if self.skipped == len(self.windows):
                     raise self._all_nodata()
@@ -610,6 +609,11 @@ class _Scene:
                 occ.patch, occ.stride, *self.layout.padded_shape(self.windows[0])
             )
             self.explanation = replace(self.explanation, occlusion=occ)
+
+    def check_single_pass(self) -> None:
+        """What a one-pass run checks before any tile is computed (occlusion's cost)."""
+        if self.explanation.method == "occlusion":
+            self._check_occlusion_cost()
 
     def _check_occlusion_cost(self) -> None:
         """Refuse occlusion beyond its bound before any tile is computed.
