@@ -70,6 +70,7 @@ CASES = [
     ("gradcam++", "predicted", "source"),
     ("gradcam++", "mask", "source"),
     ("hirescam", "predicted", "source"),
+    ("saliency", "mask", "source"),  # a pixel method (geocam.attribution), one pass too
 ]
 
 
