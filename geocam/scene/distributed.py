@@ -339,7 +339,8 @@ def _gather(
             band: list[RowResult] = future.result()
             future.release()
             submit()
-            progress(sum(r.tiles for r in band))
+            for _ in range(sum(r.tiles for r in band)):
+                progress(1)  # tile by tile, as a single process reports them
             yield from band
     finally:
         for future in pending:

@@ -410,7 +410,7 @@ class _Scene:
                 for tile, (signed, output) in zip(tiles, maps, strict=True):
                     self._add_heat(heat, tile, signed)
                     self._add_extras(extras, tile, output)
-            self._progress(len(group))
+            self._tick(group)
             if last:
                 yield self._finish_row(result, heat, extras, counts=needed)
                 heat, extras = self._strips()
@@ -428,7 +428,7 @@ class _Scene:
                 result.part = part if result.part is None else result.part + part
             result.predicted += self._core_predictions
             self._core_predictions = []
-            self._progress(len(group))
+            self._tick(group)
             if last:
                 yield self._finish_row(result)
 
@@ -458,7 +458,7 @@ class _Scene:
                     assert tile.valid is not None
                     cache[tile.key] = _Cached(acts.cpu(), tile.valid)
                 self._add_extras(extras, tile, output)
-            self._progress(len(group))
+            self._tick(group)
             if last:
                 yield self._finish_row(result, None, extras, counts=True)
                 _, extras = self._strips(heat=False)
@@ -509,10 +509,15 @@ class _Scene:
                     self.explanation.method, acts, None, weights[None].to(acts.dtype)  # type: ignore[arg-type]
                 )  # fmt: skip
                 self._add_heat(heat, tile, signed[0])
-            self._progress(len(group))
+            self._tick(group)
             if last:
                 yield self._finish_row(result, heat)
                 heat, _ = self._strips(extras=False)
+
+    def _tick(self, group: Sequence[Tile]) -> None:
+        """Report every tile of a batch done, one by one (progress counts tiles)."""
+        for _ in group:
+            self._progress(1)
 
     def _row_result(self, index: int, group: Sequence[Tile]) -> RowResult:
         """The row's result, begun at its first group (later groups of the row add to it)."""
