@@ -108,7 +108,7 @@ def split(settings: Settings) -> list[Row]:
                 count[0] += 1
                 out = folder / f"two_{count[0]}.tif"
                 explain_raster(folder / "mosaic.tif", out, SPEC, explanation, model=model,
-                               client=executor.client, bands=4, **options)  # type: ignore[arg-type]  # fmt: skip
+                               client=executor.client, row_bands=4, **options)  # type: ignore[arg-type]  # fmt: skip
 
             timings = measure(
                 {"one process": one, "2 workers": two}, settings.repeats, warm_up=False

@@ -90,7 +90,7 @@ def explain_raster(
     fallback_nodata: float | None = None,
     provenance: Mapping[str, str] | None = None,
     client: Client | None = None,
-    bands: int | None = None,
+    row_bands: int | None = None,
     model_config: ModelConfig | None = None,
 ) -> SceneReport:
     """Explain one scene (one or more stacked rasters) and write its GeoTIFF products.
@@ -111,13 +111,13 @@ def explain_raster(
     ``provenance`` (a model source's :meth:`~geocam.models.ModelSource.tags`: its kind and
     the SHA-256 of its weights file) is recorded in every output.
 
-    With a Dask ``client`` the scene's tile rows are split into ``bands`` bands computed on its
+    With a Dask ``client`` the scene's tile rows are split into ``row_bands`` bands computed on its
     workers (:mod:`geocam.scene.distributed`; the workers must read the same paths), written
     here, bitwise identical to a run in this process; workers get the network once, or load
     ``model_config`` once per process. Such a run cannot ``resume``.
     """
     products = products or Products()
-    split = None if client is None else _Split(client, bands, model_config)
+    split = None if client is None else _Split(client, row_bands, model_config)
     if split is not None:
         from geocam.scene.distributed import check_split
 
@@ -224,7 +224,7 @@ def _explain_into(
                 recipe = recipe_of(_as_list(sources), spec.bands, nodata, fallback_nodata, fill)
                 report = explain_scene_distributed(
                     network, spec, source, recipe, explanation, sink, split.client,
-                    tiling=tiling, runtime=runtime, products=products, bands=split.bands,
+                    tiling=tiling, runtime=runtime, products=products, row_bands=split.row_bands,
                     model_config=split.model_config,
                 )  # fmt: skip
             region = {
@@ -253,7 +253,7 @@ class _Split:
     """A run split across a Dask client's workers."""
 
     client: Client
-    bands: int | None
+    row_bands: int | None
     model_config: ModelConfig | None
 
 
@@ -277,7 +277,7 @@ def explain_xarray(
     runtime: Runtime | None = None,
     resolution: str = "source",
     model: nn.Module | None = None,
-    bands: int | None = None,
+    row_bands: int | None = None,
 ) -> xr.DataArray:
     """Explain a ``(band, y, x)`` DataArray with a CRS and transform (rioxarray ``.rio``).
 
@@ -287,9 +287,9 @@ def explain_xarray(
     a pixel that has others is fed as its mean (:func:`geocam.sources.fill_nodata`).
 
     A dask-backed DataArray gives a lazy heatmap: nothing is read or computed until it is
-    (``.compute()``, by whatever Dask scheduler is in use); its row blocks come from ``bands``
-    bands of tile rows (:func:`geocam.scene.distributed.lazy_heatmap`), equal to the eager
-    result. Its checks (non-finite maps; with scene weights an empty region or every pixel
+    (``.compute()``, by whatever Dask scheduler is in use); its row blocks come from
+    ``row_bands`` bands of tile rows (:func:`geocam.scene.distributed.lazy_heatmap`), equal to
+    the eager result. Its checks (non-finite maps; with scene weights an empty region or every pixel
     nodata) are raised by the computation; a map zero everywhere is not refused.
     """
     import rioxarray  # noqa: F401  (registers the .rio accessor)
@@ -316,7 +316,7 @@ def explain_xarray(
 
         heat, scene = lazy_heatmap(
             network, spec, pixels.astype(np.float32), grid, explanation,
-            tiling=tiling, runtime=runtime, products=products, bands=bands,
+            tiling=tiling, runtime=runtime, products=products, row_bands=row_bands,
         )  # fmt: skip
         layer, stride = scene.layer, scene.stride
     else:

@@ -96,7 +96,7 @@ def test_a_scene_split_across_workers_is_bitwise_the_single_process_run(
         SPEC,
         explanation,
         client=client,
-        bands=3,  # type: ignore[arg-type]
+        row_bands=3,  # type: ignore[arg-type]
         **kwargs,  # type: ignore[arg-type]
     )
     assert len(one.outputs) == 3 and one.passes == split.passes

@@ -236,13 +236,13 @@ def explain_scene_distributed(
     tiling: Tiling | None = None,
     runtime: Runtime | None = None,
     products: Products | None = None,
-    bands: int | None = None,
+    row_bands: int | None = None,
     model_config: ModelConfig | None = None,
 ) -> SceneReport:
     """:func:`~geocam.scene.explain_scene` with every pass's bands computed on ``client``.
 
     ``source`` is this process's view of the scene (for the plan); workers open ``recipe``.
-    The tile rows are split into ``bands`` bands (default: two per worker). Workers get the
+    The tile rows are split into ``row_bands`` bands (default: two per worker). Workers get the
     network once (scattered), or load ``model_config`` once per process. The products are
     bitwise identical to :func:`explain_scene`'s on the same kind of device.
     """
@@ -255,10 +255,10 @@ def explain_scene_distributed(
     )  # fmt: skip
     scene.model.to(scene.device)
     count = len(scene.layout.row_groups())
-    if bands is None:
+    if row_bands is None:
         workers = len(client.scheduler_info(n_workers=-1)["workers"]) or 1
-        bands = 2 * workers
-    parts = split_rows(count, bands)
+        row_bands = 2 * workers
+    parts = split_rows(count, row_bands)
     accs = scene.accumulators({s.name: sinks(s) for s in scene.specs})
     heat = {"heatmap": accs["heatmap"]}
     extras = {name: acc for name, acc in accs.items() if name != "heatmap"}
@@ -360,11 +360,11 @@ def lazy_heatmap(
     tiling: Tiling | None = None,
     runtime: Runtime | None = None,
     products: Products | None = None,
-    bands: int | None = None,
+    row_bands: int | None = None,
 ) -> tuple[Any, _Scene]:
     """The heatmap of a dask array ``(bands, H, W)`` (float32, NaN where nodata) as a dask array.
 
-    Nothing is computed here: the graph reads each band's rows (``bands`` bands of tile rows;
+    Nothing is computed here: the graph reads each band's rows (``row_bands`` bands of tile rows;
     default: as many as ``pixels`` has row chunks), runs pass 0/1 per band,
     reduces the weights, runs pass 2 per band and assembles output row blocks (one per band,
     each from the strips of the bands that touch it). Returns the array and the plan (its
@@ -383,7 +383,7 @@ def lazy_heatmap(
     name = f"geocam-{job.token}"
     shared = dask.delayed(job, name=f"{name}-job")  # type: ignore[attr-defined]
     count = len(scene.layout.row_groups())
-    parts = split_rows(count, bands or len(pixels.chunks[1]))  # as many as the row chunks
+    parts = split_rows(count, row_bands or len(pixels.chunks[1]))  # as many as the row chunks
     reads = {}
     for i, rows in enumerate(parts):
         top, bottom = band_rows(scene, rows)
