@@ -229,3 +229,22 @@ def test_the_cli_splits_a_scene_across_local_workers(
                                   "--resume"])  # fmt: skip
     assert resumed.exit_code != 0 and "--resume: a scene split across workers" in resumed.output
     assert not list(tmp_path.glob("x*"))
+
+
+def test_partial_sums_are_reduced_row_after_row_in_tile_row_order() -> None:
+    """The reduce adds each row's sum to the total in row order, whoever computed the rows:
+    float64 sums where the order shows (1e16 + 1 - 1e16 is 0 in that order, 1 in another)."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from geocam.scene.engine import RowResult, _Scene
+    from geocam.sources import ArraySource, Grid
+
+    grid = Grid(CRS.from_epsg(32618), Affine(10, 0, 0, 0, -10, 0), 144, 256)
+    source = ArraySource(scene(256, 144), grid)
+    plan = _Scene(ContextNet(), SPEC, source, Explanation(("b",)), TILING, QUIET, None)
+    parts = [torch.tensor([1e16]), torch.tensor([1.0]), torch.tensor([-1e16])]
+    rows = [RowResult(i, part=p.double()) for i, p in enumerate(parts)]
+    assert plan.reduce(rows).tolist() == [0.0]  # (1e16 + 1) - 1e16
+    rows = [RowResult(i, part=p.double()) for i, p in enumerate([parts[0], parts[2], parts[1]])]
+    assert plan.reduce(rows).tolist() == [1.0]  # (1e16 - 1e16) + 1
