@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, TypeAlias, get_args
+from typing import Literal, TypeAlias
 
 import numpy as np
 import torch
@@ -26,10 +26,10 @@ from torch import nn
 from geocam._guard import explanation_mode
 from geocam.errors import GeocamError
 from geocam.layers import classify, fixed_tile, from_nchw, layer_info, resolve_layer, to_nchw
+from geocam.methods import METHODS as METHODS
+from geocam.methods import Method as Method
 from geocam.regions import Activation, Region, class_probabilities, region_weights, select_classes
 
-Method: TypeAlias = Literal["gradcam", "hirescam", "gradcam++", "layercam"]
-METHODS: tuple[Method, ...] = get_args(Method)
 Classes: TypeAlias = int | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 """One class, several classes shared by every image, or a ``(B, K)`` table, one row per image."""
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from geocam.methods import ALL_METHODS
+
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in geocam, not the user's mistake
@@ -115,13 +117,6 @@ LIBRARY_NAMES = {
 """Parameters that library messages name, and the flags that set them on the command line."""
 
 
-METHOD_CHOICES = (
-    "gradcam", "hirescam", "gradcam++", "layercam",  # geocam.cam.METHODS
-    "saliency", "inputxgradient", "guided-backprop", "guided-gradcam", "occlusion",  # attribution
-)  # fmt: skip
-"""Every method (spelt out: importing the packages that list them would import torch)."""
-
-
 def as_flags(message: str) -> str:
     """A library message in command-line terms: ``Tiling.overlap`` becomes ``--overlap``."""
     for name, flag in LIBRARY_NAMES.items():
@@ -187,7 +182,7 @@ MODEL_HELP = (
 @click.option("--where", help="FIELD=VALUE filter for a vector region.")
 @click.option(
     "--method",
-    type=click.Choice(METHOD_CHOICES),
+    type=click.Choice(ALL_METHODS),
     help="CAM method, or a pixel baseline (saliency ... occlusion) [default: the config's].",
 )
 @click.option(

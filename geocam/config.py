@@ -39,9 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from geocam.attribution.result import PIXEL_METHODS
-from geocam.cam import METHODS
 from geocam.errors import GeocamError
+from geocam.methods import METHODS, PIXEL_METHODS
 from geocam.models import ModelSpec, Normalisation
 
 if TYPE_CHECKING:

@@ -23,6 +23,7 @@ from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 
 from geocam.errors import GeocamError, first_line
+from geocam.methods import METHODS
 from geocam.output import BLOCK, Destination, to_cog, write_failed
 from geocam.sources import Grid
 
@@ -261,15 +262,17 @@ def provenance(tags: Mapping[str, str], band_tags: Sequence[Mapping[str, str]]) 
     """What a geocam raster holds and how it was made, in a few sentences, from its tags."""
     classes = tags.get("GEOCAM_CLASSES", "")
     model_hash = tags.get("GEOCAM_MODEL_SHA256") or tags.get("GEOCAM_CHECKPOINT_SHA256") or "none"
+    method = tags.get("GEOCAM_METHOD", "")
+    kind = "Grad-CAM" if method in METHODS or not method else f"{method} (pixel baseline)"
     lines = [
-        f"Grad-CAM explanation of class(es) {classes} by geocam {tags.get('GEOCAM_VERSION', '')}.",
+        f"{kind} explanation of class(es) {classes} by geocam {tags.get('GEOCAM_VERSION', '')}.",
         f"Method: {tags.get('GEOCAM_METHOD', '')}; layer: {tags.get('GEOCAM_LAYER', '')} "
         f"(stride {tags.get('GEOCAM_LAYER_STRIDE', '')}); region: {tags.get('GEOCAM_REGION', '')}"
         f"; score: {tags.get('GEOCAM_SCORE', '')}; weights: {tags.get('GEOCAM_WEIGHTS', '')}.",
         f"Model: {tags.get('GEOCAM_MODEL', '')} ({tags.get('GEOCAM_MODEL_SOURCE', 'preset')}), "
         f"SHA-256 {model_hash}.",
         f"Sources: {tags.get('GEOCAM_SOURCES', '')}.",
-        "Values are raw Grad-CAM, not normalised: comparable across tiles and scenes; the "
+        f"Values are raw {kind}, not normalised: comparable across tiles and scenes; the "
         "'positive' band is the evidence for the class (0: none), the 'signed' band also shows "
         "evidence against it (negative).",
     ]

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from geocam.cli import cli
 from geocam.errors import GeocamError
-from geocam.products import area_m2, composite_source, otsu
+from geocam.products import area_m2, composite_source, otsu, provenance
 from geocam.sources import Grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -364,3 +364,14 @@ def test_hotspot_areas_in_square_metres() -> None:
     degree = area_m2([{"coordinates": [square(0, 0, 1)]}], rasterio.crs.CRS.from_epsg(4326))[0]
     sphere = 6371007.2**2 * math.radians(1) * math.sin(math.radians(1))
     assert math.isclose(degree, sphere, rel_tol=5e-3)
+
+
+@pytest.mark.parametrize(
+    ("method", "kind"),
+    [("gradcam", "Grad-CAM"), ("layercam", "Grad-CAM"), ("occlusion", "occlusion")],
+)
+def test_the_provenance_names_what_the_values_are(method: str, kind: str) -> None:
+    """A pixel baseline's output is not called Grad-CAM in its QGIS metadata."""
+    text = provenance({"GEOCAM_METHOD": method, "GEOCAM_CLASSES": "forest"}, [])
+    assert text.startswith(f"{kind} ") and f"Values are raw {kind}" in text
+    assert ("Grad-CAM" in text) == (kind == "Grad-CAM")

@@ -21,11 +21,8 @@ from geocam.attribution.guided import (
 )
 from geocam.attribution.methods import attribute, guided_backprop
 from geocam.attribution.occlusion import OcclusionOptions, occlusion_maps
-from geocam.attribution.result import (
-    PIXEL_METHODS,
-    Attribution,
-    PixelMethod,
-)
+from geocam.attribution.result import Attribution
+from geocam.methods import PIXEL_METHODS, PixelMethod
 
 __all__ = [
     "PIXEL_METHODS",

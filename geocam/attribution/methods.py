@@ -19,9 +19,10 @@ from geocam.attribution.gradients import (
     saliency_map,
 )
 from geocam.attribution.occlusion import OcclusionOptions, occlusion_maps
-from geocam.attribution.result import PIXEL_METHODS, Attribution, PixelMethod
+from geocam.attribution.result import Attribution
 from geocam.cam import CamOptions, Classes, explain, upsample
 from geocam.errors import GeocamError
+from geocam.methods import PIXEL_METHODS, PixelMethod
 from geocam.regions import Region
 
 

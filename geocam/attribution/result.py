@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, TypeAlias, get_args
 
 import torch
 
-PixelMethod: TypeAlias = Literal[
-    "saliency", "inputxgradient", "guided-backprop", "guided-gradcam", "occlusion"
-]
-PIXEL_METHODS: tuple[PixelMethod, ...] = get_args(PixelMethod)
+from geocam.methods import PixelMethod
 
 
 @dataclass(frozen=True)

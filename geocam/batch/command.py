@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from geocam.methods import ALL_METHODS
+
 MODEL_HELP = (
     "The model: an ONNX file, an smp hub folder, a Lightning/TorchGeo checkpoint, "
     "torchvision:NAME or a state dict (with -c naming the network) [default: the preset's]."
@@ -55,7 +57,7 @@ def parse_resources(text: str | None) -> dict[str, float]:
 )
 @click.option("--region", default="predicted", show_default=True, help="As in geocam explain.")
 @click.option("--where", help="FIELD=VALUE filter for a vector region.")
-@click.option("--method", type=click.Choice(["gradcam", "hirescam", "gradcam++", "layercam"]))
+@click.option("--method", type=click.Choice(ALL_METHODS))
 @click.option("--layer", help="Target layer [default: the config's].")
 @click.option("--tile", type=int, help="Tile side in pixels [default: the config's].")
 @click.option("--overlap", type=int, help="Tile overlap in pixels [default: the config's].")

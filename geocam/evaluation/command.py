@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from geocam.methods import ALL_METHODS
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -30,13 +32,6 @@ MODEL_HELP = (
     "torchvision:NAME or a state dict (with -c naming the network) [default: the preset's]."
 )
 
-METHODS = (
-    "gradcam", "hirescam", "gradcam++", "layercam",
-    "saliency", "inputxgradient", "guided-backprop", "guided-gradcam", "occlusion",
-)  # fmt: skip
-"""``geocam explain``'s methods (geocam.cli.METHOD_CHOICES, which imports this module: a test
-checks that the two agree)."""
-
 _SCENE_OPTIONS = [
     click.argument("sources", nargs=-1, required=True, type=click.Path()),
     click.option(
@@ -50,7 +45,7 @@ _SCENE_OPTIONS = [
         help="Folder (OUT/COMMAND.json and plots) or prefix (OUT.json, OUT_PLOT.png).",
     ),
     click.option(
-        "--method", type=click.Choice(METHODS),
+        "--method", type=click.Choice(ALL_METHODS),
         help="CAM method or pixel baseline, as in geocam explain [default: the config's].",
     ),
     click.option("--layer", help="Target layer [default: the config's, else the encoder's last]."),

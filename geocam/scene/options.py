@@ -10,9 +10,8 @@ import numpy as np
 from rasterio.windows import Window
 
 from geocam.attribution.occlusion import OcclusionOptions
-from geocam.attribution.result import PixelMethod
-from geocam.cam import Method
 from geocam.device import Precision
+from geocam.methods import Method, PixelMethod
 
 Weights: TypeAlias = Literal["scene", "tile"]
 Resolution: TypeAlias = Literal["source", "native"]

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from geocam.cam import Method, gradcam_pp_terms
+from geocam.cam import gradcam_pp_terms
+from geocam.methods import Method
 
 
 def core_shares(cores: torch.Tensor, cells: tuple[int, int]) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ from scene_networks import LocalNet, run, scene
 
 from geocam.attribution import PIXEL_METHODS, OcclusionOptions, attribute
 from geocam.cam import METHODS
-from geocam.cli import METHOD_CHOICES, cli
+from geocam.cli import cli
 from geocam.errors import GeocamError
 from geocam.scene import Explanation, Products, Tiling
 
@@ -94,8 +95,15 @@ def test_occlusion_cost_is_refused_before_any_tile_unless_forced() -> None:
     assert OcclusionOptions(6).resolved(4) == OcclusionOptions(6, 6)
 
 
-def test_the_command_line_offers_every_method() -> None:
-    assert METHOD_CHOICES == METHODS + PIXEL_METHODS
+def test_every_command_offers_every_method() -> None:
+    """explain, batch and every evaluate command take the methods the library computes."""
+    evaluate = cli.commands["evaluate"]
+    assert isinstance(evaluate, click.Group) and evaluate.commands
+    commands = [cli.commands["explain"], cli.commands["batch"], *evaluate.commands.values()]
+    for command in commands:
+        option = next(p for p in command.params if p.name == "method")
+        assert isinstance(option.type, click.Choice)
+        assert tuple(option.type.choices) == METHODS + PIXEL_METHODS, command.name
 
 
 @pytest.mark.slow  # loads the demo model and times one batch of 256-pixel tiles (5-15 s)

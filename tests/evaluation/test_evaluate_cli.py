@@ -314,13 +314,6 @@ def test_localisation_on_a_lon_lat_scene_measures_the_tolerance_in_metres(
     assert game["chance"] == pytest.approx(42 * 42 / (96 * (128 - 6)), rel=1e-12)
 
 
-def test_evaluate_offers_the_methods_of_explain() -> None:
-    from geocam import cli as main
-    from geocam.evaluation import command
-
-    assert command.METHODS == main.METHOD_CHOICES
-
-
 def test_hotspots_report(tiny_scene: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
