@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -351,6 +352,20 @@ def real_batch(out: Path, *args: str | Path) -> tuple[int, str, dict[str, dict[s
     return code, output, {s["name"]: s for s in summary.get("scenes", [])}
 
 
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch computes with ``count`` threads inside (a ``dask worker --nthreads 1`` runs one:
+    Dask sets OMP_NUM_THREADS=1 in it), as it did before afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def features(path: Path) -> list[tuple[object, object]]:
     """A vector file's features (geometry and properties): what it holds, not when written."""
     import fiona
@@ -402,7 +417,8 @@ def test_real_scenes_on_a_scheduler_and_workers_started_apart(
                                   ("landcover", raleigh, file)):  # fmt: skip
         gpu = ("--scheduler", scheduler, "--resources", "GPU=1")  # its address, or its file
         here, there = tmp_path / f"{name}_in_process", tmp_path / f"{name}_cluster"
-        code, output, scenes = real_batch(here, *args)
+        with torch_threads(1):  # as each worker computes (float32 kernels split work by threads)
+            code, output, scenes = real_batch(here, *args)
         code_there, output_there, scenes_there = real_batch(there, *args, *gpu)
         assert code_there == code, output_there
         assert {n: s["status"] for n, s in scenes_there.items()} == {
