@@ -404,10 +404,7 @@ def _region_scores(
     opts: CamOptions,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Region-summed class scores ``(B, K)`` (in the graph) and the region's weights."""
-    if opts.score == "probabilities":
-        values = class_probabilities(output, table, opts.activation)
-    else:
-        values = select_classes(output, table)
+    values = class_values(output, table, opts)
     if output.ndim == 2:  # a classifier: the score is the class's own logit
         if not (isinstance(region, str) and region in ("predicted", "all")):
             raise GeocamError("a classification network has no pixels: region must be 'all'")
@@ -415,8 +412,19 @@ def _region_scores(
     weights = region_weights(
         region, output, table, valid=valid, activation=opts.activation, threshold=opts.threshold
     )
-    weighted = torch.where(weights != 0, weights * values, torch.zeros_like(values))
-    return weighted.sum(dim=(-2, -1)), weights
+    return region_sum(weights, values), weights
+
+
+def class_values(output: torch.Tensor, table: torch.Tensor, opts: CamOptions) -> torch.Tensor:
+    """What a region score sums: the classes' logits, or their probabilities (``opts.score``)."""
+    if opts.score == "probabilities":
+        return class_probabilities(output, table, opts.activation)
+    return select_classes(output, table)
+
+
+def region_sum(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``sum(weights * values)`` over the pixels, 0 outside the region (never ``0 * inf``)."""
+    return torch.where(weights != 0, weights * values, torch.zeros_like(values)).sum(dim=(-2, -1))
 
 
 def _score_gradients(

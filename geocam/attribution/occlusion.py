@@ -43,9 +43,11 @@ from geocam.cam import (
     _region_scores,
     _run,
     class_table,
+    class_values,
+    region_sum,
 )
 from geocam.errors import GeocamError
-from geocam.regions import Region, class_probabilities, select_classes
+from geocam.regions import Region
 
 Baseline: TypeAlias = Literal["mean", "blur"]
 BASELINES: tuple[Baseline, ...] = ("mean", "blur")
@@ -135,13 +137,8 @@ def fixed_region_scores(
     output: torch.Tensor, table: torch.Tensor, weights: torch.Tensor, opts: CamOptions
 ) -> torch.Tensor:
     """Scores ``(B, K)`` of ``output`` summed with given region ``weights`` (not re-derived)."""
-    if opts.score == "probabilities":
-        values = class_probabilities(output, table, opts.activation)
-    else:
-        values = select_classes(output, table)
-    if output.ndim == 2:
-        return values
-    return torch.where(weights != 0, weights * values, torch.zeros_like(values)).sum(dim=(-2, -1))
+    values = class_values(output, table, opts)
+    return values if output.ndim == 2 else region_sum(weights, values)
 
 
 def occlusion_maps(

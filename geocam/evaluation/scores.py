@@ -24,14 +24,14 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from geocam.cam import CamOptions, class_table, layer_activations
+from geocam.cam import CamOptions, class_table, class_values, layer_activations
 from geocam.device import autocast_dtype, resolve_device, to_device
 from geocam.errors import GeocamError
 from geocam.evaluation.scene import Scene
 from geocam.layers import default_layer, fixed_tile, list_layers, resolve_layer
 from geocam.models import ModelSpec
 from geocam.region_sources import open_region
-from geocam.regions import class_probabilities, region_weights, select_classes
+from geocam.regions import region_weights
 from geocam.scene import Explanation, Runtime, Tiling
 from geocam.scene.tiles import Tile, core_in_tile, read_tile
 from geocam.sources import ArraySource, Grid
@@ -203,10 +203,7 @@ class RegionScorer:
                 f"of {tuple(images.shape[-2:])}: the scene engine needs one output per pixel"
             )
         table = class_table(self.classes, len(tiles), output.device)
-        if self.options.score == "probabilities":
-            values = class_probabilities(output, table, self.options.activation)
-        else:
-            values = select_classes(output, table)
+        values = class_values(output, table, self.options)
         return list(values.double().cpu().numpy()), output
 
     def _original(self, explanation: Explanation) -> tuple[np.ndarray, np.ndarray]:
