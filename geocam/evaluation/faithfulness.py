@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from geocam.errors import GeocamError
-from geocam.evaluation.perturbation import Baseline, baseline_fill, noisy_linear_imputation
-from geocam.evaluation.scores import Occlusion, RegionScorer
+from geocam.evaluation.perturbation import Baseline, occlusions
+from geocam.evaluation.scores import RegionScorer
 
 
 @dataclass(frozen=True)
@@ -225,23 +224,16 @@ def deletion_insertion(
         orders[f"random{s}"] = rng.permutation(morf)
     wanted = [(name_, int(c)) for name_ in orders for c in counts]
     keys = list(dict.fromkeys(wanted))  # shared scenes once, in order
-    fill = None if baseline == "road" else baseline_fill(scene, scorer.spec, baseline, sigma=sigma)
 
-    def occlusions() -> Iterator[Occlusion]:
-        for number, (order_name, count) in enumerate(keys):
+    def masks() -> Iterator[np.ndarray]:
+        for order_name, count in keys:
             flat = np.zeros(scene.valid.size, dtype=bool)
             flat[orders[order_name][:count]] = True
-            mask = flat.reshape(scene.valid.shape)
-            if fill is not None:
-                yield Occlusion(mask, fill, key=baseline)
-            else:
-                generator = torch.Generator().manual_seed(seed * 1_000_003 + number)
-                imputed = noisy_linear_imputation(
-                    scene.pixels, scene.valid, mask, noise=noise, generator=generator
-                )
-                yield Occlusion(mask, imputed)
+            yield flat.reshape(scene.valid.shape)
 
-    scores = scorer.scores(occlusions())[:, k]
+    perturbed = occlusions(scene, scorer.spec, masks(), baseline, sigma=sigma, noise=noise,
+                           seed=seed)  # fmt: skip
+    scores = scorer.scores(perturbed)[:, k]
     by_key = dict(zip(keys, scores, strict=True))
     region = float(scorer.region_pixels[k])
 

@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
-import torch
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 
 from geocam.errors import GeocamError
-from geocam.evaluation.perturbation import Baseline, baseline_fill, noisy_linear_imputation
+from geocam.evaluation.perturbation import Baseline, occlusions
 from geocam.evaluation.scene import Scene
-from geocam.evaluation.scores import Occlusion, RegionScorer
+from geocam.evaluation.scores import RegionScorer
 from geocam.output import Destination
 from geocam.products import atomic, write_hotspots
 
@@ -293,20 +292,9 @@ def occlude_hotspots(
     for index, hotspot in enumerate(hotspots):
         masks.append((index, hotspot.mask))
         masks.extend((index, m) for m in random_patches(hotspot.mask, scene.valid, patches, rng))
-    fill = None if baseline == "road" else baseline_fill(scene, scorer.spec, baseline, sigma=sigma)
-
-    def occlusions() -> Iterator[Occlusion]:
-        for number, (_, mask) in enumerate(masks):
-            if fill is not None:
-                yield Occlusion(mask, fill, key=baseline)
-            else:
-                generator = torch.Generator().manual_seed(seed * 1_000_003 + number)
-                imputed = noisy_linear_imputation(
-                    scene.pixels, scene.valid, mask, noise=noise, generator=generator
-                )
-                yield Occlusion(mask, imputed)
-
-    drops = scorer.original[k] - scorer.scores(occlusions())[:, k]
+    perturbed = occlusions(scene, scorer.spec, (mask for _, mask in masks), baseline,
+                           sigma=sigma, noise=noise, seed=seed)  # fmt: skip
+    drops = scorer.original[k] - scorer.scores(perturbed)[:, k]
     results = []
     for index, hotspot in enumerate(hotspots):
         mine = [d for (owner, _), d in zip(masks, drops, strict=True) if owner == index]

@@ -18,7 +18,7 @@ ROAD's imputation reduces; they also favour blurry maps (Song et al. 2023).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal, TypeAlias, get_args
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from geocam.errors import GeocamError
 from geocam.evaluation.scene import Scene
+from geocam.evaluation.scores import Occlusion
 from geocam.models import ModelSpec
 
 Baseline: TypeAlias = Literal["mean", "blur", "epoch", "road"]
@@ -119,6 +120,37 @@ def baseline_fill(
     if baseline == "road":
         raise GeocamError("the road baseline depends on the removed pixels: use its imputation")
     raise GeocamError(f"unknown baseline {baseline!r}: use one of {', '.join(BASELINES)}")
+
+
+def occlusions(
+    scene: Scene,
+    spec: ModelSpec,
+    masks: Iterable[np.ndarray],
+    baseline: Baseline,
+    *,
+    sigma: float = 10.0,
+    noise: float = 0.01,
+    seed: int = 0,
+) -> Iterator[Occlusion]:
+    """Each mask's pixels removed with ``baseline``, as perturbed scenes to score.
+
+    A fixed baseline's fill is made once, here (a bad baseline fails before any scoring), and
+    shared by key; ``road`` imputes each mask anew, the ``n``-th with its own seeded noise.
+    """
+    fill = None if baseline == "road" else baseline_fill(scene, spec, baseline, sigma=sigma)
+
+    def perturbed() -> Iterator[Occlusion]:
+        for number, mask in enumerate(masks):
+            if fill is not None:
+                yield Occlusion(mask, fill, key=baseline)
+            else:
+                generator = torch.Generator().manual_seed(seed * 1_000_003 + number)
+                imputed = noisy_linear_imputation(
+                    scene.pixels, scene.valid, mask, noise=noise, generator=generator
+                )
+                yield Occlusion(mask, imputed)
+
+    return perturbed()
 
 
 def noisy_linear_imputation(

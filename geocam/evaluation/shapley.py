@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from geocam.errors import GeocamError
 from geocam.evaluation.hotspots import Hotspot, top_hotspots
-from geocam.evaluation.perturbation import Baseline, baseline_fill, noisy_linear_imputation
-from geocam.evaluation.scores import Occlusion, RegionScorer
+from geocam.evaluation.perturbation import Baseline, occlusions
+from geocam.evaluation.scores import RegionScorer
 
 MAX_PLAYERS = 10
 
@@ -164,25 +163,13 @@ def hotspot_shapley(
     if (masks.sum(axis=0) > 1).any():
         raise GeocamError("hotspot players overlap: give disjoint hotspot polygons")
     scene = scorer.scene
-    fill = None if baseline == "road" else baseline_fill(scene, scorer.spec, baseline, sigma=sigma)
     count = len(players)
     bits = 1 << np.arange(count)
-
-    def occlusions() -> Iterator[Occlusion]:
-        for coalition in range(1 << count):
-            absent = (coalition & bits) == 0
-            mask = masks[absent].any(axis=0)
-            if fill is not None:
-                yield Occlusion(mask, fill, key=baseline)
-            else:
-                generator = torch.Generator().manual_seed(seed * 1_000_003 + coalition)
-                imputed = noisy_linear_imputation(
-                    scene.pixels, scene.valid, mask, noise=noise, generator=generator
-                )
-                yield Occlusion(mask, imputed)
-
+    absent = ((coalition & bits) == 0 for coalition in range(1 << count))
+    perturbed = occlusions(scene, scorer.spec, (masks[a].any(axis=0) for a in absent), baseline,
+                           sigma=sigma, noise=noise, seed=seed)  # fmt: skip
     index = scorer.class_names.index(name)
-    values = scorer.scores(occlusions())[:, index]
+    values = scorer.scores(perturbed)[:, index]
     return ShapleyReport(
         class_name=name,
         baseline=baseline if baseline != "blur" else f"blur (sigma {sigma:g} px)",
