@@ -9,7 +9,7 @@ at the top, so that ``geocam --help`` stays instant.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -192,6 +192,12 @@ def open_run(options: SceneOptions) -> SceneRun:
     return SceneRun(preset, model.eval(), scene, explanation, tiling, runtime)
 
 
+def show(options: SceneOptions, lines: Sequence[str], paths: Mapping[str, Path]) -> None:
+    """A command's table and the files it wrote, unless ``--quiet``."""
+    if not options.quiet:
+        click.echo("\n".join([*lines, *(f"{name}: {path}" for name, path in paths.items())]))
+
+
 @click.group()
 def evaluate() -> None:
     """Can the map be trusted? Evaluate a class's map of a scene; write a JSON report and plots."""
@@ -248,11 +254,8 @@ def localisation(
             {"map": report.map_plot(maps[0], truth.inside, run.scene.valid & truth.valid, title),
              "roc": report.roc_plot(found, title)},
         )  # fmt: skip
-    if not options.quiet:
-        click.echo(report.figures_table(found.figures))
-        click.echo(f"{found.annotated} of {found.pixels} valid pixels annotated ({truth.name})")
-        for name, path in paths.items():
-            click.echo(f"{name}: {path}")
+    annotated = f"{found.annotated} of {found.pixels} valid pixels annotated ({truth.name})"
+    show(options, [report.figures_table(found.figures), annotated], paths)
 
 
 @evaluate.command()
@@ -290,10 +293,7 @@ def randomisation(independent: bool, seed: int, **common: Any) -> None:
         curve = report.png_through(lambda path: plot_randomisation([found], path))
         report.write_report(out, paths, record | {"randomisation": found.to_dict()},
                             {"curve": curve})  # fmt: skip
-    if not options.quiet:
-        click.echo("\n".join(found.table()))
-        for name, path in paths.items():
-            click.echo(f"{name}: {path}")
+    show(options, found.table(), paths)
 
 
 @evaluate.command()
@@ -341,10 +341,7 @@ def faithfulness(
         curves = report.png_through(lambda path: plot_curves(found, path))
         report.write_report(out, paths, record | {"faithfulness": found.to_dict()},
                             {"curves": curves})  # fmt: skip
-    if not options.quiet:
-        click.echo("\n".join(found.table()))
-        for name, path in paths.items():
-            click.echo(f"{name}: {path}")
+    show(options, found.table(), paths)
 
 
 @evaluate.command()
@@ -418,7 +415,4 @@ def hotspots(
             "shapley": values.to_dict() if values is not None else None,
         }
         report.write_report(out, paths, record, {"drops": report.hotspots_plot(drops, values)})
-    if not options.quiet:
-        click.echo("\n".join(drops.table() + (values.table() if values is not None else [])))
-        for name, path in paths.items():
-            click.echo(f"{name}: {path}")
+    show(options, drops.table() + (values.table() if values is not None else []), paths)
