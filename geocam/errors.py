@@ -33,6 +33,13 @@ class WriteFailed(GeocamError):
     """
 
 
+class ZeroMap(GeocamError):
+    """The maps are zero everywhere: the region's score does not depend on the layer there.
+
+    Refused as a result nobody can read; model randomisation takes it as a step's result.
+    """
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(error).strip()

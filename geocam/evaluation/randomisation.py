@@ -47,6 +47,7 @@ near 0 wherever the original is not near zero as well).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -61,7 +62,7 @@ import torch
 from rasterio.windows import Window
 from torch import nn
 
-from geocam.errors import GeocamError
+from geocam.errors import GeocamError, ZeroMap
 from geocam.evaluation.scene import Scene, scene_maps
 from geocam.evaluation.similarity import (
     Similarity,
@@ -302,26 +303,18 @@ def predicted_region(
 
     # the class map does not depend on the method: one Grad-CAM pass of per-tile weights
     region_run = replace(explanation, method="gradcam", weights="tile", region="predicted")
-    try:
+    with contextlib.suppress(ZeroMap):  # the class map is complete: written before the refusal
         explain_scene(
             copy.deepcopy(model), spec, scene.source(), region_run, sink,
             tiling=tiling, runtime=runtime or Runtime(progress=False),
             products=Products(class_map=True),
         )  # fmt: skip
-    except GeocamError as error:
-        if not _zero_everywhere(error):
-            raise
     classes = sinks["classes"].data[0]
     if (classes[scene.valid] == 255).any():  # pragma: no cover - the run stopped early
         raise GeocamError("the original model's class map is incomplete: no region to keep")
     code = class_code(spec, spec.class_index(explanation.classes[0]))
     region: np.ndarray = ((classes == code) & scene.valid).astype(np.float32)
     return region
-
-
-def _zero_everywhere(error: GeocamError) -> bool:
-    """Whether ``error`` is the scene engine's refusal of a map that is zero everywhere."""
-    return "zero everywhere" in str(error)  # its one-line message (geocam/scene/engine.py)
 
 
 def scene_map_function(
@@ -353,9 +346,7 @@ def scene_map_function(
     def maps(network: nn.Module) -> np.ndarray:
         try:
             heat, _ = scene_maps(network, spec, scene, fixed, tiling=tiling, runtime=runtime)
-        except GeocamError as error:
-            if not _zero_everywhere(error):
-                raise
+        except ZeroMap:
             return np.where(scene.valid, 0.0, np.nan).astype(np.float32)
         signed: np.ndarray = heat[0, 1]
         return signed

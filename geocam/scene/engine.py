@@ -42,7 +42,7 @@ from geocam.cam import (
     layer_gradients,
 )
 from geocam.device import BatchSizer, autocast_dtype, resolve_device, to_device
-from geocam.errors import GeocamError, GeocamWarning
+from geocam.errors import GeocamError, GeocamWarning, ZeroMap
 from geocam.layers import LayerInfo, default_layer, fixed_tile, list_layers, resolve_layer
 from geocam.models import ModelSpec
 from geocam.output import StripSink
@@ -300,7 +300,7 @@ class _Scene:
     def report(self, seconds: float, cached: bool = False) -> SceneReport:
         """The run's report; refuses a heatmap that is zero everywhere."""
         if self.heat_peak == 0 and self.resume_row == 0:  # (a resumed run replays part)
-            raise GeocamError(
+            raise ZeroMap(
                 f"the maps of {', '.join(self.class_names)} at layer {self.layer!r} are zero "
                 "everywhere: the region's score does not depend on that layer here; choose "
                 "another layer or region"

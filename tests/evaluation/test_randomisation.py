@@ -16,7 +16,7 @@ from scene_networks import GRID_CRS, SPEC, DeadNet, LocalNet, run
 from scene_networks import scene as synthetic_scene
 from torch import nn
 
-from geocam.errors import GeocamError
+from geocam.errors import GeocamError, ZeroMap
 from geocam.evaluation.randomisation import (
     Block,
     FixedRegion,
@@ -385,7 +385,7 @@ def test_a_zero_map_from_the_scene_engine_becomes_zeros() -> None:
     valid = np.ones((64, 64), bool)
     valid[:8] = False
     scene = make_scene(pixels, valid)
-    with pytest.raises(GeocamError, match="zero everywhere"):  # what the engine says
+    with pytest.raises(ZeroMap, match="zero everywhere"):  # what the engine says
         run(DeadNet(), pixels, Explanation(classes=("b",)), TILING, valid=valid)
     explanation = Explanation(classes=("b",), region="all")
     maps = scene_map_function(DeadNet(), SPEC, scene, explanation, tiling=TILING, runtime=CPU)
